@@ -1,0 +1,5 @@
+import sys
+
+from kdsweep.cli import main
+
+sys.exit(main())

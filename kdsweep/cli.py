@@ -1,0 +1,158 @@
+"""The `kdsweep` command: parses arguments, validates, dispatches. No training or Ray logic lives here.
+
+Exit codes: 0 success, 1 a sweep finished with failed runs, 2 bad input (one-paragraph message, no traceback),
+130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from kdsweep import __version__
+from kdsweep.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: f"kdsweep: warning: {message}\n"
+    try:
+        return args.handler(args) or 0
+    except UserError as err:
+        print(f"kdsweep: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\nkdsweep: interrupted; finished work is kept - run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdsweep", description="SimKD knowledge-distillation ablation sweeps.")
+    parser.add_argument("--version", action="version", version=f"kdsweep {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run (or resume) a search space as a Ray Tune sweep")
+    p.add_argument("space", help="search-space YAML file")
+    _add_overrides(p)
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--storage", help="where experiments live (path or s3:// gs:// URI); overrides `storage`")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, groups and a cost estimate; run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("validate", help="check a search space; exit 0 when valid, 2 with every problem listed")
+    p.add_argument("space")
+    _add_overrides(p)
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("status", help="progress of an experiment, from its stored results (starts nothing)")
+    p.add_argument("experiment", help="experiment folder <storage>/<experiment> (path or URI), or its space YAML")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("report", help="write results.md and plots/*.png for an experiment")
+    p.add_argument("experiment", help="experiment folder (path or URI)")
+    p.add_argument("--select", choices=("best", "last"), help="best-epoch (default) or last-epoch accuracy")
+    p.add_argument("--format", choices=("csv", "json"), help="also export the cell table in this format")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("train", help="train one configuration without Ray (K learning rates = K students)")
+    p.add_argument("--student", required=True, help="student architecture, e.g. MobileNetV2_1_0")
+    p.add_argument("--teacher", help="teacher architecture (omit to train a model alone with cross-entropy)")
+    p.add_argument("--teacher-checkpoint", help="teacher weights: {'model': state_dict} or a bare state_dict")
+    p.add_argument("--method", action="append", default=[], metavar="KNOB=VALUE",
+                   help="method knob, repeatable: taps=multi, loss=kl, gate=teacher_correct, ce_weight=1, ...")
+    p.add_argument("--lr", type=float, nargs="+", default=[0.05], help="learning rate(s); default 0.05")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=240)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--milestones", type=int, nargs="*", help="default: 150 180 210 scaled to --epochs")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--dataset", choices=("cifar100", "synthetic"), default="cifar100")
+    p.add_argument("--data-root", default="data", help="folder holding cifar-100-python/ (default: data)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-100 with torchvision if missing")
+    p.add_argument("--synthetic-classes", type=int, default=10)
+    p.add_argument("--train-size", type=int, default=2000, help="synthetic training images")
+    p.add_argument("--test-size", type=int, default=500, help="synthetic test images")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", default="results/train", help="where run folders are written")
+    p.set_defaults(handler=cmd_train)
+    return parser
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value of the space, e.g. --set recipe.epochs=2 --set axes.seed=[0]")
+
+
+def _load(args):
+    from kdsweep.space import load_space
+
+    overrides = list(args.overrides)
+    if getattr(args, "storage", None):
+        overrides.append(f"storage={args.storage}")
+    return load_space(args.space, overrides)
+
+
+def cmd_validate(args) -> int:
+    space = _load(args)
+    print(f"{args.space}: valid - {len(space.runs)} runs in {len(space.cells)} cells; experiment folder {space.root}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    space = _load(args)
+    if args.dry_run:
+        from kdsweep.sweep.dry_run import describe
+
+        print(describe(space))
+        return 0
+    from kdsweep.sweep.driver import run_sweep
+
+    outcome = run_sweep(space, address=args.address, report=not args.no_report)
+    return 1 if outcome.failed else 0
+
+
+def cmd_status(args) -> int:
+    from kdsweep.sweep.status import status_text
+
+    print(status_text(args.experiment))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from kdsweep.sweep.report_command import report_experiment
+
+    print(report_experiment(args.experiment, select=args.select, fmt=args.format))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from kdsweep.data import DataSpec
+    from kdsweep.engine import Recipe
+    from kdsweep.single import TrainRequest, parse_method_knobs, train
+
+    if args.dataset == "synthetic":
+        data = DataSpec("synthetic", num_classes=args.synthetic_classes, train_size=args.train_size,
+                        test_size=args.test_size)
+    else:
+        from kdsweep.storage import absolute_location
+
+        data = DataSpec("cifar100", root=absolute_location(args.data_root), download=args.download)
+    if args.epochs < 1 or args.batch_size < 2:
+        raise UserError(f"--epochs must be >= 1 and --batch-size >= 2, got {args.epochs} and {args.batch_size}.")
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size,
+                    milestones=tuple(args.milestones) if args.milestones else None,
+                    checkpoint_every=args.checkpoint_every)
+    req = TrainRequest(student=args.student, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
+                       data=data, recipe=recipe, lrs=args.lr, seed=args.seed,
+                       method=parse_method_knobs(args.method), out=args.out, device=args.device,
+                       threads=args.threads)
+    train(req)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

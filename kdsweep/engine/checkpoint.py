@@ -1,0 +1,79 @@
+"""Checksummed, atomic checkpoints with fallback to the previous good one.
+
+Layout under a run's folder: `checkpoints/epoch-0012.pt` plus `checkpoints/epoch-0012.pt.sha256`. The checksum
+file is written after the checkpoint, so a checkpoint without one (a kill between the two writes) or with a
+mismatching one (a truncated or corrupted file) is skipped with a warning naming it, and the previous good one is
+used. The newest `KEEP` checkpoints are kept. Loading uses `torch.load(weights_only=True)`: a checkpoint can hold
+tensors and plain containers, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+
+import torch
+
+from kdsweep.storage import Store
+
+KEEP = 2
+_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes, map_location="cpu"):
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+
+class CheckpointDir:
+    def __init__(self, store: Store, folder: str):
+        self.store, self.folder = store, folder
+
+    def save(self, epoch: int, state: dict) -> dict:
+        """Write the checkpoint for `epoch` (epochs completed); returns {"file", "sha256"} for the records."""
+        data = to_bytes(state)
+        name = f"epoch-{epoch:04d}.pt"
+        digest = sha256(data)
+        self.store.write_bytes(f"{self.folder}/{name}", data)
+        self.store.write_bytes(f"{self.folder}/{name}.sha256", f"{digest}  {name}\n".encode())
+        for old in self._epochs()[:-KEEP]:
+            self.store.delete(f"{self.folder}/epoch-{old:04d}.pt.sha256")
+            self.store.delete(f"{self.folder}/epoch-{old:04d}.pt")
+        return {"file": self.store.location(f"{self.folder}/{name}"), "sha256": digest}
+
+    def load_latest(self, map_location="cpu") -> dict | None:
+        """The newest checkpoint whose checksum verifies and which loads; None when there is none."""
+        for epoch in reversed(self._epochs()):
+            name = f"{self.folder}/epoch-{epoch:04d}.pt"
+            problem, state = self._try_load(name, map_location)
+            if problem is None:
+                return state
+            warnings.warn(f"checkpoint {self.store.location(name)} {problem}; using the previous good checkpoint")
+        return None
+
+    def _try_load(self, name: str, map_location):
+        if not self.store.exists(f"{name}.sha256"):
+            return "has no checksum file (it was being written when the process stopped)", None
+        expected = self.store.read_bytes(f"{name}.sha256").decode().split()[0]
+        data = self.store.read_bytes(name) if self.store.exists(name) else b""
+        if sha256(data) != expected:
+            return "is corrupted or truncated (checksum mismatch)", None
+        try:
+            return None, from_bytes(data, map_location)
+        except Exception as err:  # a verified file that still does not load: treat like corruption
+            return f"could not be loaded ({err})", None
+
+    def _epochs(self) -> list[int]:
+        found = (_NAME.match(n) for n in self.store.list(self.folder))
+        return sorted(int(m.group(1)) for m in found if m)

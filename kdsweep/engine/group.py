@@ -1,0 +1,127 @@
+"""A student group: one process, one frozen teacher, one data stream (the seed), K students.
+
+Per batch the group augments the images once, computes the teacher targets once (the union of what its students'
+methods need), and steps every student on them. Students may resume at different epochs (a group formed after an
+interruption); a student simply sits out the epochs it has already done.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kdsweep.data import load_dataset
+from kdsweep.data.augment import augment, prepare_test
+from kdsweep.data.stream import epoch_plan
+from kdsweep.engine.device import describe_device, resolve_device
+from kdsweep.engine.evaluate import accuracy
+from kdsweep.engine.specs import GroupSpec
+from kdsweep.engine.student import StudentTrainer
+from kdsweep.engine.teacher import load_teacher
+from kdsweep.methods import TeacherNeeds, compute_teacher_targets
+from kdsweep.models import FeatureModel
+from kdsweep.storage import Store
+
+ACCURACY_WARNING_POINTS = 5.0  # warn when a teacher tests this many points below its declared accuracy
+
+
+@dataclass
+class EpochReport:
+    """What the group tells its caller after each epoch (for Ray Tune, progress displays)."""
+
+    epoch: int  # 1-based epoch just finished
+    students: list[dict]  # one summary per student that trained this epoch
+    seconds: float
+    remaining: int  # students of the group still training
+
+
+def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = None) -> list[dict]:
+    """Train every unfinished student of `spec` to completion; returns their final records."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    store = Store(spec.storage)
+    data = load_dataset(spec.data).to(device)
+    teacher = None
+    if spec.teacher is not None:
+        teacher, teacher_sha = load_teacher(spec.teacher.arch, spec.teacher.checkpoint, data.num_classes, device)
+    trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store) for r in spec.runs]
+    for t in trainers:
+        t.resume()
+    active = [t for t in trainers if not t.finished]
+    if not active:
+        return [t.record.to_dict() for t in trainers]
+    for t in active:
+        t.record.device = describe_device(device)
+        t.mark_running()
+
+    needs = TeacherNeeds()
+    for t in active:
+        needs = needs | t.unit.method.teacher_needs()
+    test_inputs = prepare_test(data.test_images, data.mean, data.std)
+    if teacher is not None:
+        teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, test_inputs, data.test_labels, store,
+                                               spec.teacher.expected_accuracy)
+        for t in active:
+            t.record.teacher_acc = teacher_acc
+    recipe = spec.runs[0].recipe
+    n_train = data.train_images.shape[0]
+
+    for epoch in range(min(t.record.epochs_done for t in active), recipe.epochs):
+        started = time.perf_counter()
+        training = [t for t in active if t.record.epochs_done == epoch]
+        for t in training:
+            t.begin_epoch(epoch)
+        plan = epoch_plan(spec.seed, epoch, n_train).to(device)
+        images_seen = 0
+        for indices, views in plan.batches(recipe.batch_size):
+            images = augment(data.train_images[indices], views, data.mean, data.std)
+            labels = data.train_labels[indices]
+            targets = compute_teacher_targets(teacher, images, needs)
+            for t in training:
+                t.step(images, labels, targets)
+            images_seen += labels.shape[0]
+        for t in training:
+            acc = t.test_accuracy(test_inputs, data.test_labels)
+            t.end_epoch(epoch, acc, time.perf_counter() - started, images_seen)
+        for t in training:
+            if t.checkpoint_due() or t.finished:
+                t.save_checkpoint()
+            if t.record.status == "completed" and spec.save_final:
+                t.save_final()
+            t.write_progress()
+        active = [t for t in active if not t.finished]
+        if on_epoch:
+            on_epoch(EpochReport(epoch + 1, [_summary(t) for t in training], time.perf_counter() - started,
+                                 len(active)))
+        if not active:
+            break
+    return [t.record.to_dict() for t in trainers]
+
+
+def _summary(t: StudentTrainer) -> dict:
+    r = t.record
+    last = r.history[-1] if r.history else {}
+    return {"run_id": r.run_id, "status": r.status, "epoch": r.epochs_done, "test_acc": r.last_acc,
+            "best_acc": r.best_acc, "train_loss": last.get("train_loss"), "masked_frac": last.get("masked_frac")}
+
+
+def measure_teacher_accuracy(teacher: FeatureModel, sha: str, inputs: torch.Tensor, labels: torch.Tensor,
+                             store: Store, expected: float | None) -> float:
+    """The teacher's test accuracy, measured once per checkpoint and stored under `teachers/<sha>.json`."""
+    name = f"teachers/{sha[:16]}.json"
+    if store.exists(name):
+        acc = store.read_json(name)["test_acc"]
+    else:
+        acc = accuracy(teacher, inputs, labels)
+        store.write_json(name, {"sha256": sha, "test_acc": acc, "test_images": int(labels.shape[0])})
+    if expected is not None and acc < expected - ACCURACY_WARNING_POINTS:
+        warnings.warn(
+            f"the teacher tests at {acc:.2f}% on this dataset, far below the {expected:.2f}% declared in "
+            f"teacher.expected_accuracy: is this the right checkpoint and dataset?"
+        )
+    return acc

@@ -1,0 +1,94 @@
+"""Loading a frozen teacher from a RepDistiller/SimKD checkpoint, with answers instead of tracebacks."""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+
+from kdsweep.engine.checkpoint import from_bytes, sha256
+from kdsweep.errors import UserError
+from kdsweep.models import FeatureModel, create_model
+from kdsweep.storage import Store
+
+_MAX_LISTED = 5
+
+
+def read_checkpoint_bytes(location: str) -> bytes:
+    parent, _, name = location.rstrip("/").rpartition("/")
+    store = Store(parent or "/")
+    if not store.exists(name):
+        raise UserError(
+            f"teacher checkpoint {location} does not exist. Point `teacher.checkpoint` at a RepDistiller/SimKD "
+            f"checkpoint (a file holding {{'model': state_dict}} or a bare state_dict), or replace it with a "
+            f"`teacher.train` section so that kdsweep trains the teacher."
+        )
+    return store.read_bytes(name)
+
+
+def state_dict_from_checkpoint(data: bytes, location: str) -> dict[str, torch.Tensor]:
+    """The state_dict inside a checkpoint file: `{"model": sd}` (RepDistiller/SimKD/kdsweep) or a bare sd."""
+    try:
+        obj = from_bytes(data)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"teacher checkpoint {location} was refused: it is not a plain weights file (loading it would need "
+            f"to run code or build objects that `torch.load(weights_only=True)` does not allow: {_first_line(err)}). "
+            f"Save the teacher as `torch.save({{'model': model.state_dict()}}, path)`."
+        ) from err
+    except Exception as err:
+        raise UserError(
+            f"teacher checkpoint {location} is not a PyTorch checkpoint ({_first_line(err)}). Expected a file "
+            f"written by torch.save holding {{'model': state_dict}} or a bare state_dict."
+        ) from err
+    sd = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(
+            f"teacher checkpoint {location} holds no state_dict (found {type(sd).__name__}); expected "
+            f"{{'model': state_dict}} or a bare state_dict of tensors."
+        )
+    return sd
+
+
+def load_teacher(arch: str, location: str, num_classes: int, device: torch.device) -> tuple[FeatureModel, str]:
+    """The frozen teacher (eval mode, no gradients) and the checkpoint's sha256."""
+    data = read_checkpoint_bytes(location)
+    sd = state_dict_from_checkpoint(data, location)
+    model = create_model(arch, num_classes=num_classes)
+    mismatch = describe_mismatch(model.state_dict(), sd)
+    if mismatch:
+        raise UserError(
+            f"teacher checkpoint {location} does not match architecture '{arch}' with {num_classes} classes: "
+            f"{mismatch}. Check `teacher.arch` (and the dataset's number of classes) against the checkpoint."
+        )
+    model.load_state_dict(sd, strict=True)
+    return freeze(model).to(device), sha256(data)
+
+
+def freeze(model: FeatureModel) -> FeatureModel:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def describe_mismatch(expected: dict, found: dict) -> str:
+    """'' when the keys and shapes agree, else the first few differences in one line."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} vs expected {tuple(expected[k].shape)}"
+        for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for label, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
+    return "; ".join(parts)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+

@@ -1,0 +1,260 @@
+"""results.md: the headline table first, then what a reader needs to trust it (baseline, every cell, plots,
+variant knobs, provenance)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdsweep.report import stats
+from kdsweep.report.aggregate import INCOMPLETE, REQUIRED_COLUMNS, STATUS_COUNTS, cell_values, run_outcome
+from kdsweep.report.settings import Settings
+from kdsweep.report.tables import (
+    cells_markdown,
+    comparison_markdown,
+    fmt_acc,
+    fmt_ci,
+    fmt_lr,
+    fmt_num,
+    headline_acc,
+    markdown_table,
+)
+
+# trials.parquet columns that describe a run's outcome or bookkeeping; every other column is a method knob.
+NOT_KNOBS = {
+    *REQUIRED_COLUMNS, "title", "teacher", "student", "epochs", "epochs_done", "best_epoch", "teacher_acc",
+    "masked_frac", "diverged_epoch", "wall_s", "group_id", "error",
+}  # fmt: skip
+ERROR_CHARS = 160  # an error's first line is cut to this in results.md
+PLOTS = {
+    "acc_vs_lr": "Test accuracy vs learning rate, mean ± std over seeds",
+    "curves": "Test accuracy over epochs at each row's best learning rate, mean ± std band",
+}
+
+
+def _ok(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _kv(section: Any) -> str:
+    if isinstance(section, dict):
+        return ", ".join(f"{k}={v}" for k, v in section.items() if v is not None) or "—"
+    return "—" if section is None else str(section)
+
+
+def summary(cells: pd.DataFrame, head: pd.DataFrame, settings: Settings) -> str:
+    counts = {s: int(cells[s].sum()) for s in STATUS_COUNTS if len(cells) and int(cells[s].sum())}
+    runs = int(cells["n_planned"].sum()) if len(cells) else 0
+    lrs = cells["lr"].nunique() if len(cells) else 0
+    text = (
+        f"{_count(runs, 'planned student run')} in {_count(len(cells), 'cell')} "
+        f"({_count(len(head), 'variant × loss row')}, {_count(lrs, 'learning rate')}): "
+        + (", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing run yet")
+        + "."
+    )
+    incomplete = int(cells[list(INCOMPLETE)].to_numpy().sum()) if len(cells) else 0
+    text += " Partial sweep: incomplete cells are marked." if incomplete else ""
+    done = head[head["n"] > 0] if len(head) else head
+    if len(done):
+        top = done.loc[done["mean"].idxmax()]
+        against = ""
+        if isinstance(top["verdict"], str) and settings.baseline_accuracy is not None:
+            against = f"; against {settings.baseline_label}, {settings.baseline_accuracy:.2f}: {top['verdict']}"
+        text += (
+            f" Best row: {top['title']}, {top['loss_display']} at lr {fmt_lr(top['lr'])}: {headline_acc(top)}{against}."
+        )
+    return text
+
+
+def selection_note(select: str, dataset: str) -> str:
+    if select == "best":
+        return (
+            f"> **Selected on the test set.** Each run's accuracy is its best epoch's top-1 accuracy on the {dataset} "
+            "test set, as in the seed report, and each row's learning rate is the one with the highest mean of those. "
+            "Both choices are made on the data the numbers are scored on, which biases them upward, most for noisy "
+            "cells. `kdsweep report --select last` reports last-epoch accuracy instead."
+        )
+    return (
+        f"> Accuracies are last-epoch top-1 on the {dataset} test set. Each row's learning rate is still chosen by "
+        "the highest mean on the test set, which biases the headline numbers slightly upward."
+    )
+
+
+def baseline_section(trials: pd.DataFrame, head: pd.DataFrame, settings: Settings, select: str) -> str:
+    configured = (
+        f"{settings.baseline_label}: {settings.baseline_accuracy:.2f} (the configured number; Improvement from "
+        f"Baseline uses it with a tolerance of ±{settings.tolerance:g} points)."
+        if settings.baseline_accuracy is not None
+        else "No baseline accuracy is configured, so Improvement from Baseline reads n/a."
+    )
+    lines = ["## Against the baseline", "", f"- Configured: {configured}"]
+    base = head[head["is_baseline"]] if len(head) else head
+    if settings.baseline_variant is None:
+        lines.append("- In sweep: none (the search space names no baseline variant), so there are no p-values.")
+        return "\n".join(lines)
+    if base.empty:
+        lines.append(f"- In sweep: the baseline variant '{settings.baseline_variant}' is not in trials.parquet.")
+        return "\n".join(lines)
+    b = base.iloc[0]
+    values = cell_values(trials, b["cell_id"], select)
+    if not values:
+        lines.append(f"- In sweep: {b['title']} ({b['loss_display']}) has no completed run yet.")
+        return "\n".join(lines)
+    lo, hi = stats.confidence_interval(values)
+    diff = ""
+    if settings.baseline_accuracy is not None:
+        diff = f", {fmt_num(b['mean'] - settings.baseline_accuracy, 2, True)} against the configured number"
+    lines.append(
+        f"- In sweep: kdsweep's own {b['title']} runs ({b['loss_display']}) at their best lr {fmt_lr(b['lr'])}: "
+        f"{fmt_acc(b['mean'], b['std'], int(b['n']))} (n={int(b['n'])}), 95% CI {fmt_ci(lo, hi)}{diff}."
+    )
+    lines += [
+        "",
+        comparison_markdown(head, settings),
+        "",
+        "Δ is the row's mean minus the in-sweep baseline's mean; p is Welch's two-sided t-test of the row's runs "
+        "against the in-sweep baseline's runs (a dash when either side has fewer than two runs). No correction for "
+        "multiple comparisons, and both sides were selected on the test set: read these as descriptive.",
+    ]
+    return "\n".join(lines)
+
+
+def _first_line(text: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1] + "…"
+
+
+def failures_section(trials: pd.DataFrame, settings: Settings, select: str) -> str:
+    """Every run that is a failure (failed, diverged, completed without an accuracy, unknown status), with its error."""
+    outcome = run_outcome(trials, select)
+    bad = trials[outcome.isin(["failed", "diverged", "other"])]
+    if bad.empty:
+        return ""
+    rows = []
+    for i, r in bad.iterrows():
+        status = r["status"]
+        if status == "completed":
+            why = f"completed without a finite {select}-epoch accuracy"
+        elif status == "diverged" and _ok(r.get("diverged_epoch")):
+            why = f"diverged at epoch {int(r['diverged_epoch'])}"
+        else:
+            why = _first_line(r.get("error")) or "—"
+        done = f"{int(r['epochs_done'])}/{int(r['epochs'])}" if _ok(r["epochs_done"]) and _ok(r["epochs"]) else "—"
+        rows.append([r["title"], settings.display_loss(r["loss"]), fmt_lr(r["lr"]), r["seed"], status, done, why])
+    header = ("Projector type", "Loss", "lr", "Seed", "Status", "Epochs done", "Reason")
+    return "## Failed and diverged runs\n\n" + markdown_table(header, rows)
+
+
+def _knob(value: Any) -> str | None:
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def variants_section(trials: pd.DataFrame) -> str:
+    """The method knobs as trials.parquet records them: those every variant shares once, then each variant's own
+    (several values, joined by |, when a knob varies across a variant's cells)."""
+    knobs = [c for c in trials.columns if c not in NOT_KNOBS]
+    if not knobs or trials.empty:
+        return ""
+    per_variant: dict[str, tuple[str, dict[str, str]]] = {}
+    for variant, rows in trials.groupby("variant", sort=False):
+        values = {k: " | ".join(dict.fromkeys(v for v in map(_knob, rows[k]) if v is not None)) for k in knobs}
+        per_variant[variant] = (rows["title"].iloc[0], {k: v for k, v in values.items() if v})
+    settings = [knobs_ for _, knobs_ in per_variant.values()]
+    shared = {k: v for k, v in settings[0].items() if len(per_variant) > 1 and all(s.get(k) == v for s in settings)}
+    lines = ["## Variants", ""]
+    if shared:
+        lines += ["Every variant: " + ", ".join(f"{k}={v}" for k, v in shared.items()) + ".", ""]
+    for variant, (title, values) in per_variant.items():
+        own = ", ".join(f"{k}={v}" for k, v in values.items() if k not in shared)
+        lines.append(f"- **{title}** (`{variant}`): {own or 'only the shared settings'}")
+    return "\n".join(lines)
+
+
+def provenance_section(manifest: dict[str, Any], trials: pd.DataFrame, settings: Settings) -> str:
+    teacher = manifest.get("teacher") if isinstance(manifest.get("teacher"), dict) else {}
+    acc = teacher.get("test_acc")
+    if not _ok(acc) and "teacher_acc" in trials:
+        finite = stats.finite(trials["teacher_acc"])
+        acc = finite[0] if finite else None
+    arch = teacher.get("arch") or settings.teacher_arch or (trials["teacher"].iloc[0] if len(trials) else "?")
+    teacher_line = f"{settings.display_teacher(arch)} (`{arch}`)"
+    if teacher.get("checkpoint"):
+        teacher_line += f", checkpoint `{teacher['checkpoint']}`"
+    teacher_line += f", test accuracy {float(acc):.2f}%" if _ok(acc) else ", test accuracy not recorded"
+    versions = ", ".join(
+        f"{name} {manifest.get(key) if manifest.get(key) is not None else '—'}"
+        for name, key in (("kdsweep", "kdsweep_version"), ("torch", "torch_version"), ("ray", "ray_version"),
+                          ("python", "python_version"))
+    )  # fmt: skip
+    commit = manifest.get("git_commit")
+    versions += f", git commit `{commit}`" if commit else ", git commit not recorded"
+    lines = [
+        "## Provenance",
+        "",
+        f"- Experiment: {manifest.get('experiment') or '—'}; started {manifest.get('started_at') or '—'}, "
+        f"finished {manifest.get('finished_at') or 'not yet'}",
+        f"- Teacher: {teacher_line}",
+        f"- Dataset: {_kv(manifest.get('dataset'))}",
+        f"- Recipe: {_kv(manifest.get('recipe'))}",
+        f"- Versions: {versions}",
+        f"- Device: {manifest.get('device') or '—'}",
+    ]
+    return "\n".join(lines)
+
+
+def results_markdown(
+    manifest: dict[str, Any], settings: Settings, select: str, trials: pd.DataFrame, cells: pd.DataFrame,
+    head: pd.DataFrame, headline: str,
+) -> str:  # fmt: skip
+    dataset = manifest.get("dataset")
+    dataset_name = str(dataset.get("name")) if isinstance(dataset, dict) and dataset.get("name") else "dataset's"
+    experiment = manifest.get("experiment") or "experiment"
+    baseline = (
+        f"{settings.baseline_label}, {settings.baseline_accuracy:.2f}" if settings.baseline_accuracy is not None
+        else "no configured baseline"
+    )  # fmt: skip
+    explain = (
+        f"Learning rate (best) is the lr with the highest mean {select}-epoch test accuracy for the row; Test acc "
+        "(best) is that cell's mean ± sample std (ddof=1) over seeds (a single value for one run). Improvement from "
+        f"Baseline compares the mean with {baseline}: yes when it is more than {settings.tolerance:g} points above, "
+        f"on-par within ±{settings.tolerance:g}, no otherwise."
+    )
+    if len(head) and (head["n"] < head["n_planned"]).any():
+        explain += " `(n=k/m)` marks a best cell with fewer counted runs than planned; see Status below."
+    parts = [
+        f"# Results: {experiment}",
+        summary(cells, head, settings),
+        "## Overview of all the experiments",
+        headline,
+        explain,
+        selection_note(select, dataset_name),
+        baseline_section(trials, head, settings, select),
+        "## All cells\n\n"
+        + cells_markdown(cells, settings, select)
+        + "\n\nn counts completed runs with a finite accuracy; failed and diverged runs (and completed runs without "
+        "an accuracy) are failures, excluded from mean ± std but counted in Status. Masked is the mean fraction of "
+        "samples the teacher-correct gate removed (gated variants only).",
+        failures_section(trials, settings, select),
+        "## Plots\n\n" + "\n\n".join(f"![{alt}](plots/{name}.png)" for name, alt in PLOTS.items()),
+        variants_section(trials),
+        provenance_section(manifest, trials, settings),
+    ]
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -1,0 +1,95 @@
+"""`kdsweep train`: one configuration (K >= 1 learning rates as one student group) without Ray or pydantic."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from kdsweep.data import DataSpec
+from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
+from kdsweep.errors import UserError
+from kdsweep.methods import MethodConfig
+from kdsweep.ids import digest
+from kdsweep.yamlsafe import parse_value
+from kdsweep.storage import absolute_location
+
+
+@dataclass
+class TrainRequest:
+    student: str
+    teacher: str | None
+    teacher_checkpoint: str | None
+    data: DataSpec
+    recipe: Recipe
+    lrs: list[float]
+    seed: int
+    method: dict = field(default_factory=dict)  # knob -> value, e.g. {"taps": "multi", "loss": "kl"}
+    out: str = "results/train"
+    device: str = "auto"
+    threads: int | None = None
+
+
+def parse_method_knobs(items: list[str]) -> dict:
+    """`--method taps=multi --method ce_weight=1` -> {"taps": "multi", "ce_weight": 1}."""
+    known = {f.name for f in fields(MethodConfig)}
+    knobs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise UserError(
+                f"--method {item}: expected KNOB=VALUE with KNOB one of {', '.join(sorted(known))} "
+                f"(e.g. --method taps=multi)."
+            )
+        value = parse_value(text)
+        knobs[key] = tuple(value) if isinstance(value, list) else value
+    return knobs
+
+
+def build_group(req: TrainRequest) -> GroupSpec:
+    kind = req.method.get("kind", "simkd" if req.teacher else "vanilla")
+    method = MethodConfig.from_record({**req.method, "kind": kind})
+    problems = method.problems()
+    if problems:
+        raise UserError("; ".join(f"--method {k}: expected {what}" for k, what in problems) + ".")
+    method = method.resolved()
+    if kind != "vanilla" and not (req.teacher and req.teacher_checkpoint):
+        raise UserError(f"method '{kind}' needs --teacher ARCH and --teacher-checkpoint FILE.")
+    if any(lr <= 0 for lr in req.lrs):
+        raise UserError(f"--lr must be > 0, got {req.lrs}.")
+    teacher = None
+    if kind != "vanilla":
+        teacher = TeacherSpec(req.teacher, absolute_location(req.teacher_checkpoint))
+    runs = []
+    for lr in req.lrs:
+        identity = {"student": req.student, "teacher": teacher and teacher.checkpoint, "method": method.as_record(),
+                    "lr": lr, "seed": req.seed, "recipe": req.recipe.as_record(), "data": asdict(req.data)}
+        run_id = f"{req.student}-{kind}-lr{lr:g}-s{req.seed}-{digest(identity)}"
+        runs.append(RunSpec(run_id, req.student, method, lr, req.seed, req.recipe,
+                            labels={"variant": kind, "title": kind, "cell_id": run_id}))
+    group_id = f"train-{digest([r.run_id for r in runs])}"
+    return GroupSpec(group_id=group_id, seed=req.seed, data=req.data, teacher=teacher, runs=tuple(runs),
+                     storage=absolute_location(req.out), device=req.device, threads=req.threads)
+
+
+def train(req: TrainRequest) -> list[dict]:
+    group = build_group(req)
+    started = time.time()
+    print(f"kdsweep train: {len(group.runs)} student(s) of {req.student}"
+          f"{' from ' + req.teacher if group.teacher else ''}, {req.recipe.epochs} epochs, seed {req.seed}; "
+          f"results in {group.storage}/runs/", flush=True)
+
+    def show(epoch: EpochReport) -> None:
+        for s in epoch.students:
+            lr = next(r.lr for r in group.runs if r.run_id == s["run_id"])
+            masked = f"  masked {s['masked_frac']:.3f}" if s["masked_frac"] is not None else ""
+            print(f"epoch {epoch.epoch:>3}/{req.recipe.epochs}  lr {lr:g}  test {s['test_acc']:6.2f}%  "
+                  f"best {s['best_acc']:6.2f}%  loss {s['train_loss']:.4g}{masked}  [{s['status']}]  "
+                  f"{epoch.seconds:.1f}s", flush=True)
+
+    records = run_group(group, on_epoch=show)
+    for r in records:
+        print(f"{r['run_id']}: {r['status']}, best {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
+              f"last {r['last_acc']:.2f}%  -> {group.storage}/runs/{r['run_id']}/", file=sys.stdout)
+    print(f"kdsweep train: done in {time.time() - started:.1f}s")
+    return records

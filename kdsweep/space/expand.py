@@ -1,0 +1,117 @@
+"""Expanding a validated search space into student runs with stable ids.
+
+Order: variants as written, then the loss axis, lr, any knob axes, and seed last. A run's id is readable
+(`multi-l2-lr0.01-s1-<hash>`) and the hash covers everything that determines its result (architectures, teacher,
+dataset, recipe, resolved method, lr, seed), so editing a space keeps the ids of unchanged runs: a resumed or
+extended sweep recognises finished work, and a changed recipe never reuses stale results.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kdsweep.data import DataSpec
+from kdsweep.engine.recipe import Recipe
+from kdsweep.engine.specs import RunSpec, TeacherSpec
+from kdsweep.ids import digest
+from kdsweep.methods import MethodConfig
+from kdsweep.space.schema import SpaceFile
+from kdsweep.storage import absolute_location
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    spec: TeacherSpec  # what students load
+    training_run: RunSpec | None  # set when kdsweep trains the teacher first (its final.pt is spec.checkpoint)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated, expanded search space: everything `kdsweep run` needs, with absolute locations."""
+
+    file: SpaceFile
+    source: str  # the file it came from (for messages)
+    raw: dict  # the document as run, overrides applied (saved as space.yaml)
+    root: str  # experiment folder: <storage>/<experiment>, absolute path or URI
+    data: DataSpec
+    teacher: TeacherPlan
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def cells(self) -> list[str]:
+        return list(dict.fromkeys(r.labels["cell_id"] for r in self.runs))
+
+
+def data_spec(space: SpaceFile, base: Path) -> DataSpec:
+    d = space.dataset.model_dump()
+    if d["root"] is not None:
+        d["root"] = absolute_location(d["root"], base)
+    return DataSpec(**d)
+
+
+def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> TeacherPlan:
+    t = space.teacher
+    if t.checkpoint is not None:
+        spec = TeacherSpec(t.arch, absolute_location(t.checkpoint, base), t.expected_accuracy)
+        return TeacherPlan(spec, None)
+    train = t.train
+    recipe = Recipe(
+        epochs=train.epochs, batch_size=train.batch_size, momentum=train.momentum,
+        weight_decay=train.weight_decay, milestones=tuple(train.milestones) if train.milestones else None,
+        checkpoint_every=train.checkpoint_every,
+    )
+    method = MethodConfig(kind="vanilla").resolved()
+    identity = {"arch": t.arch, "data": asdict(data), "recipe": recipe.as_record(), "lr": train.lr, "seed": train.seed}
+    run_id = f"teacher-{t.arch}-{digest(identity)}"
+    run = RunSpec(run_id, t.arch, method, train.lr, train.seed, recipe,
+                  labels={"role": "teacher", "variant": "teacher", "title": f"teacher {t.arch}"})
+    spec = TeacherSpec(t.arch, f"{root}/runs/{run_id}/final.pt", t.expected_accuracy)
+    return TeacherPlan(spec, run)
+
+
+def expand_runs(space: SpaceFile, data: DataSpec, teacher: TeacherSpec) -> tuple[RunSpec, ...]:
+    r = space.recipe
+    recipe = Recipe(
+        epochs=r.epochs, batch_size=r.batch_size, momentum=r.momentum, weight_decay=r.weight_decay,
+        milestones=tuple(r.milestones) if r.milestones else None, gamma=r.gamma,
+        checkpoint_every=r.checkpoint_every,
+    )
+    knob_axes = space.axes.knob_axes()
+    teacher_identity = {"arch": teacher.arch, "checkpoint": teacher.checkpoint}
+    runs = []
+    for variant, section in space.variants.items():
+        axes = {"loss": space.axes.loss, "lr": space.axes.lr, **knob_axes}
+        for combo in itertools.product(*axes.values()):
+            point = dict(zip(axes, combo))
+            cell = {"variant": variant, **point}
+            knobs = {**section.method.knobs(), **{k: v for k, v in point.items() if k != "lr"}}
+            for rule in space.overrides:
+                if _matches(rule.when, cell):
+                    knobs.update(rule.set.knobs())
+            method = MethodConfig.from_record(knobs).resolved()
+            identity = {
+                "student": space.student.arch, "teacher": teacher_identity, "data": asdict(data),
+                "recipe": recipe.as_record(), "method": method.as_record(), "lr": point["lr"],
+            }
+            cell_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-{digest(identity)}"
+            for seed in space.axes.seed:
+                run_cell = {**cell, "seed": seed}
+                if space.include and not any(_matches(rule, run_cell) for rule in space.include):
+                    continue
+                if any(_matches(rule, run_cell) for rule in space.exclude):
+                    continue
+                run_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-s{seed}-{digest({**identity, 'seed': seed})}"
+                labels = {"variant": variant, "title": section.title, "cell_id": cell_id,
+                          **{k: v for k, v in point.items()}}
+                runs.append(RunSpec(run_id, space.student.arch, method, float(point["lr"]), seed, recipe, labels))
+    return tuple(runs)
+
+
+def _matches(rule: dict, cell: dict) -> bool:
+    for key, wanted in rule.items():
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if cell.get(key) not in options:
+            return False
+    return True

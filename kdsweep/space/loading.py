@@ -1,0 +1,183 @@
+"""Reading a search-space file: safe YAML, `--set` overrides, strict validation, every problem reported at once."""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kdsweep.errors import UserError, closest
+from kdsweep.space.checks import cross_section_problems
+from kdsweep.space.expand import Space, data_spec, expand_runs, teacher_plan
+from kdsweep.space.schema import SpaceFile
+from kdsweep.yamlsafe import load_yaml, parse_value
+from kdsweep.storage import absolute_location
+
+
+class SpaceError(UserError):
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source, self.problems = source, problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = "\n".join(f"  - {path or '(top level)'}: {message}" for path, message in problems)
+        super().__init__(
+            f"search space {source} is invalid ({count}):\n{lines}\n"
+            f"Fix the file (or the --set value) and check it with `kdsweep validate {source}`."
+        )
+
+
+def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = None, *,
+               text: str | None = None, root: str | None = None) -> Space:
+    """Parse, override, validate and expand a search-space file; raises SpaceError (a UserError) when invalid.
+
+    Relative paths inside the file (storage, dataset.root, teacher.checkpoint) are taken relative to `base`,
+    by default the working directory (where `kdsweep run` and `ray job submit --working-dir` start).
+    `text` gives the document instead of reading `path` (a space.yaml fetched from object storage); `root`
+    fixes the experiment folder (an experiment opened where it lies now, wherever it was first run).
+    """
+    source = str(path)
+    raw = parse_document(source, text)
+    raw = apply_overrides(source, raw, overrides)
+    space_file = validate_document(source, raw)
+    base = base or Path.cwd()
+    root = root or f"{absolute_location(space_file.storage, base)}/{space_file.experiment}"
+    data = data_spec(space_file, base)
+    teacher = teacher_plan(space_file, root, data, base)
+    runs = expand_runs(space_file, data, teacher.spec)
+    if not runs:
+        raise SpaceError(source, [("include/exclude", "these rules remove every cell: nothing would run")])
+    return Space(space_file, source, raw, root, data, teacher, runs)
+
+
+def parse_document(source: str, text: str | None = None) -> dict:
+    if text is None:
+        try:
+            text = Path(source).read_text()
+        except FileNotFoundError:
+            raise UserError(f"search space {source} does not exist (looked in {Path(source).resolve()}).") from None
+        except IsADirectoryError:
+            raise UserError(f"search space {source} is a directory; expected a YAML file.") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"search space {source} cannot be read: {err}.") from None
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(
+            f"search space {source} is not valid YAML{where}: {problem}. Expected a YAML mapping with "
+            f"`experiment`, `teacher`, `student`, `dataset`, `variants` and `axes` (see search_spaces/smoke.yaml)."
+        ) from None
+    if raw is None:
+        raise UserError(
+            f"search space {source} is empty. Expected a YAML mapping with `experiment`, `teacher`, `student`, "
+            f"`dataset`, `variants` and `axes` (see search_spaces/smoke.yaml)."
+        )
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"search space {source} must be a YAML mapping at the top level, found a {type(raw).__name__}."
+        )
+    return raw
+
+
+def apply_overrides(source: str, raw: dict, overrides: list[str]) -> dict:
+    """Apply `key.path=value` overrides (values parsed as YAML: `2`, `[0, 1]`, `l2`) to a copy of `raw`."""
+    raw = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append((f"--set {item}", "expected KEY.PATH=VALUE, e.g. --set recipe.epochs=2"))
+            continue
+        try:
+            value = parse_value(text)
+        except yaml.YAMLError:
+            problems.append((f"--set {item}", f"the value {text!r} is not valid YAML"))
+            continue
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                problems.append((f"--set {item}", f"{part} is not a section"))
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise SpaceError(source, problems)
+    return raw
+
+
+def validate_document(source: str, raw: dict) -> SpaceFile:
+    try:
+        space = SpaceFile.model_validate(raw)
+    except ValidationError as err:
+        raise SpaceError(source, [_describe(e) for e in err.errors()]) from None
+    problems = cross_section_problems(space)
+    if problems:
+        raise SpaceError(source, problems)
+    return space
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = error["loc"]
+    path = _format_path(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = closest(str(loc[-1]), allowed) if allowed else None
+        message = f"unknown key{f' (did you mean {hint!r}?)' if hint else ''}"
+        if allowed:
+            message += f"; allowed here: {', '.join(allowed)}"
+        return path, message
+    if error["type"] == "missing":
+        return path, "required key is missing"
+    return path, f"{message}; got {error['input']!r}"
+
+
+def _format_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (isinstance(part, str) and (part.startswith("function-") or "[" in part)):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names of the section at `loc` (walking SpaceFile's annotations), or [] if unknown."""
+    node = SpaceFile
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return []
+            node = _unwrap(node.model_fields[part].annotation)
+        elif typing.get_origin(node) in (dict, list):
+            node = _unwrap(typing.get_args(node)[-1])
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(annotation):
+    """Strip Optional[...] and Annotated[...] down to the model / container type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+            if len(args) != 1:
+                return annotation
+        else:
+            return annotation

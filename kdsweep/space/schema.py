@@ -1,0 +1,225 @@
+"""The search-space file format, validated strictly (pydantic, `extra="forbid"`, no type coercion).
+
+Structure checks live here; checks that need several sections at once (a baseline variant that must exist, rules
+that must match axes, model names) live in `checks.py`, and both report every problem of a file at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from kdsweep.errors import unknown_name
+
+from kdsweep.methods import config as method_config
+from kdsweep.models import list_models
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)]
+Scalar = int | float | str | bool
+# YAML 1.1 reads a bare on/off as a boolean; accept it for on/off switches.
+OnOffAuto = Annotated[
+    Literal["auto", "on", "off"],
+    BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MethodSection(Strict):
+    """A partial method config: what a variant, an axis or an override sets. See kdsweep/methods/config.py."""
+
+    kind: Literal[method_config.KINDS] | None = None
+    taps: Literal[method_config.TAPS] | None = None
+    multi_weights: Annotated[list[NonNegativeFloat], Field(min_length=2, max_length=2)] | None = None
+    pairing: Literal[method_config.PAIRINGS] | None = None
+    last_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    factor: PositiveInt | None = None
+    loss: Literal[method_config.LOSSES] | None = None
+    temperature: PositiveFloat | None = None
+    feature_weight: NonNegativeFloat | None = None
+    gate: Literal[method_config.GATES] | None = None
+    gate_normalise: Literal[method_config.GATE_NORMALISATIONS] | None = None
+    ce_weight: NonNegativeFloat | None = None
+    kd_weight: NonNegativeFloat | None = None
+    kd_temperature: PositiveFloat | None = None
+    eval_head: Literal[method_config.EVAL_HEADS] | None = None
+
+    def knobs(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class TeacherTraining(Strict):
+    """Train the teacher inside the experiment (plain cross-entropy) with the reference teacher recipe."""
+
+    epochs: PositiveInt = 240
+    lr: PositiveFloat = 0.05
+    batch_size: PositiveInt = 64
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    milestones: list[PositiveInt] | None = None
+    seed: int = 0
+    checkpoint_every: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _milestones(self):
+        return _check_milestones(self)
+
+
+def _check_milestones(section):
+    """Explicit milestones must increase and lie inside the run: a milestone at or past `epochs` would never
+    fire, which is almost always a recipe copied from a longer run (omit `milestones` to scale 150/180/210)."""
+    m = section.milestones
+    if m is not None:
+        if any(b <= a for a, b in zip(m, m[1:])):
+            raise ValueError(f"milestones must be strictly increasing, got {m}")
+        late = [x for x in m if x >= section.epochs]
+        if late:
+            raise ValueError(
+                f"milestones {late} are not below epochs ({section.epochs}) so they would never take effect; "
+                f"omit `milestones` to scale the reference 150/180/210 to {section.epochs} epochs"
+            )
+    return section
+
+
+def _known_model(name: str) -> str:
+    if name not in list_models():
+        raise ValueError(unknown_name("model", name, list_models()))
+    return name
+
+
+class TeacherSection(Strict):
+    arch: str
+    checkpoint: str | None = None  # path (relative to the working directory) or URI
+    train: TeacherTraining | None = None
+    expected_accuracy: Annotated[float, Field(ge=0, le=100)] | None = None
+    display_name: str | None = None
+
+    _arch = field_validator("arch")(_known_model)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("give exactly one of `checkpoint` (a file to load) or `train` (kdsweep trains it)")
+        return self
+
+
+class StudentSection(Strict):
+    arch: str
+    display_name: str | None = None
+
+    _arch = field_validator("arch")(_known_model)
+
+
+class DatasetSection(Strict):
+    name: Literal["cifar100", "synthetic"]
+    root: str | None = None  # cifar100: folder holding cifar-100-python/ (relative to the working directory)
+    download: bool = False
+    num_classes: PositiveInt = 100  # synthetic only
+    train_size: PositiveInt = 50000  # synthetic only
+    test_size: PositiveInt = 10000  # synthetic only
+    seed: int = 0  # synthetic only
+    train_subset: PositiveInt | None = None
+    test_subset: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _root_for_cifar(self):
+        if self.name == "cifar100" and self.root is None:
+            raise ValueError("cifar100 needs `root`: the folder that holds (or will hold) cifar-100-python/")
+        return self
+
+
+class RecipeSection(Strict):
+    epochs: PositiveInt = 240
+    batch_size: Annotated[int, Field(gt=1)] = 64
+    optimizer: Literal["sgd"] = "sgd"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    # Epoch counts after which lr is multiplied by gamma. Omitted: 150/180/210 scaled by epochs/240.
+    milestones: list[PositiveInt] | None = None
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    checkpoint_every: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _milestones(self):
+        return _check_milestones(self)
+
+
+class VariantSection(Strict):
+    title: Annotated[str, Field(min_length=1)]
+    method: MethodSection = MethodSection()
+
+
+class Axes(BaseModel):
+    """The grid: loss, lr and seed are required; any method knob may be an axis too (validated in checks.py)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    loss: Annotated[list[Literal[method_config.LOSSES]], Field(min_length=1)]
+    lr: Annotated[list[PositiveFloat], Field(min_length=1)]
+    seed: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+    def knob_axes(self) -> dict[str, list]:
+        return dict(self.model_extra or {})
+
+
+class OverrideRule(Strict):
+    """Set knobs on the cells that match `when` (e.g. the authors' KL rows: CE + KD on the student head)."""
+
+    when: dict[str, Scalar | list[Scalar]]
+    set: MethodSection
+
+
+class BaselineSection(Strict):
+    label: str = "SimKD"
+    accuracy: Annotated[float, Field(ge=0, le=100)] | None = None  # the configured number, e.g. 75.43
+    variant: str | None = None  # the in-sweep baseline variant
+    tolerance: NonNegativeFloat = 0.05  # accuracy points within which a row is "on-par"
+
+
+class GroupSection(Strict):
+    by: Literal["seed"] = "seed"
+    max_students: PositiveInt = 8
+
+
+class ResourcesSection(Strict):
+    cpu: PositiveFloat = 1.0
+    gpu: NonNegativeFloat = 0.0
+
+
+class ExecutionSection(Strict):
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    teacher_cache: OnOffAuto = "auto"
+    max_failures: Annotated[int, Field(ge=0)] = 2  # Ray re-runs a crashed trial from its checkpoints this often
+    save_final: bool = True
+    threads: PositiveInt | None = None  # torch CPU threads per trial; default: the trial's cpu resources
+
+
+class ReportSection(Strict):
+    select: Literal["best", "last"] = "best"
+    loss_names: dict[str, str] = {}
+
+
+class SpaceFile(Strict):
+    experiment: Name
+    description: str = ""
+    teacher: TeacherSection
+    student: StudentSection
+    dataset: DatasetSection
+    recipe: RecipeSection = RecipeSection()
+    variants: Annotated[dict[Name, VariantSection], Field(min_length=1)]
+    axes: Axes
+    include: list[dict[str, Scalar | list[Scalar]]] = []
+    exclude: list[dict[str, Scalar | list[Scalar]]] = []
+    overrides: list[OverrideRule] = []
+    baseline: BaselineSection = BaselineSection()
+    group: GroupSection = GroupSection()
+    resources: ResourcesSection = ResourcesSection()
+    storage: str = "results"  # experiments live in <storage>/<experiment>; a path or s3:// gs:// URI
+    execution: ExecutionSection = ExecutionSection()
+    report: ReportSection = ReportSection()

@@ -1,0 +1,139 @@
+"""`kdsweep run`: lock the experiment, train the teacher if needed, run the pending student groups through Ray
+Tune, keep the result tables current, and write the report. Ray is imported only when there is work for it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from kdsweep.engine import FINAL_STATUSES
+from kdsweep.errors import UserError
+from kdsweep.space import Space
+from kdsweep.storage import Store
+from kdsweep.sweep import results
+from kdsweep.sweep.lock import ExperimentLock
+from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
+from kdsweep.sweep.progress import ProgressPrinter
+
+EXPORT_EVERY_S = 10.0  # re-export the tables at most this often during a sweep
+
+
+@dataclass
+class SweepOutcome:
+    root: str
+    failed: list[tuple[str, str]]
+    trials: object  # pandas DataFrame of trials.parquet
+
+
+def preflight(space: Space, address: str | None) -> None:
+    """Checks that need no Ray: fail before starting anything."""
+    import os
+
+    if space.file.resources.gpu > 0 and not (address or os.environ.get("RAY_ADDRESS")):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"{space.source}: resources.gpu is {space.file.resources.gpu:g} but this machine has no usable CUDA "
+                f"GPU and no cluster --address was given. Use --set resources.gpu=0 to run on the CPU, or pass "
+                f"--address of a Ray cluster with GPU nodes."
+            )
+
+
+def run_sweep(space: Space, address: str | None = None, report: bool = True) -> SweepOutcome:
+    preflight(space, address)
+    store = Store(space.root)
+    with ExperimentLock(store):
+        return _run_locked(space, store, address, report)
+
+
+def _run_locked(space: Space, store: Store, address: str | None, report: bool) -> SweepOutcome:
+    from kdsweep import tune as kd_tune  # the only Ray import, deferred so that validation never starts Ray
+
+    f = space.file
+    resources = kd_tune.Resources(f.resources.cpu, f.resources.gpu)
+    where = kd_tune.connect(address, resources)
+    try:
+        import ray
+
+        if kd_tune.node_count() > 1:
+            kd_tune.verify_shared_storage(store)
+        results.write_space_and_manifest(space, store, device=_device_summary(where, resources),
+                                         ray_version=ray.__version__)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        failed: list[tuple[str, str]] = []
+        teacher_run = space.teacher.training_run
+        if teacher_run is not None and not _finished(store, teacher_run.run_id):
+            print(f"kdsweep: training the teacher {teacher_run.student_arch} ({teacher_run.recipe.epochs} epochs)")
+            teacher_group = plan_groups(space, [teacher_run], store, 1, teacher=False)
+            failed += kd_tune.run_groups(teacher_group, resources=resources, storage_path=store.location("tune"),
+                                         name=f"teacher-{stamp}", max_failures=f.execution.max_failures,
+                                         on_result=lambda result: None)
+            if failed or not _finished(store, teacher_run.run_id):
+                raise UserError(
+                    f"training the teacher failed ({failed[0][1] if failed else 'it did not finish'}); its "
+                    f"checkpoints are kept under {store.location(f'runs/{teacher_run.run_id}')}. Run again to "
+                    f"retry from them."
+                )
+        records = read_records(store, [r.run_id for r in space.runs])
+        todo = pending_runs(space.runs, records)
+        done = len(space.runs) - len(todo)
+        groups = plan_groups(space, todo, store, f.group.max_students)
+        print(f"kdsweep: {space.file.experiment}: {len(space.runs)} runs, {done} already finished, "
+              f"{len(todo)} to train in {len(groups)} group{'s' if len(groups) != 1 else ''} ({where})")
+        if groups:
+            progress = ProgressPrinter(space, store, EXPORT_EVERY_S)
+            failed += kd_tune.run_groups(groups, resources=resources, storage_path=store.location("tune"),
+                                         name=f"students-{stamp}", max_failures=f.execution.max_failures,
+                                         on_result=progress.on_result)
+            mark_failed_runs(space, store, groups, failed)
+        trials = results.export(space, store, live=False)
+        results.mark_finished(store)
+    finally:
+        kd_tune.shutdown()
+    if report:
+        write_report(store)
+    return SweepOutcome(store.root, failed, trials)
+
+
+def write_report(store: Store) -> None:
+    from kdsweep.report import write_report as build
+
+    local = store.local_path()
+    if local is None:
+        print(f"kdsweep: results in {store.root}; run `kdsweep report {store.root}` to build the report")
+        return
+    rep = build(local)
+    print(rep.headline_markdown)
+    print(f"kdsweep: report written to {local / 'results.md'}")
+
+
+def mark_failed_runs(space: Space, store: Store, groups, failed: list[tuple[str, str]]) -> None:
+    """Runs of groups that failed for good (after Tune's retries) are recorded as failed, with the error."""
+    by_id = {g.group_id: g for g in groups}
+    for group_id, error in failed:
+        group = by_id.get(group_id)
+        if group is None:
+            continue
+        records = read_records(store, [r.run_id for r in group.runs])
+        for run in group.runs:
+            rec = records[run.run_id]
+            if rec is not None and rec.status in FINAL_STATUSES:
+                continue
+            from kdsweep.engine import RunRecord
+
+            rec = rec or RunRecord(run_id=run.run_id, group_id=group_id, epochs=run.recipe.epochs)
+            rec.status, rec.error = "failed", error
+            store.write_json(f"runs/{run.run_id}/progress.json", rec.to_dict())
+        print(f"kdsweep: group {group_id} failed: {error}", file=sys.stderr)
+
+
+def _finished(store: Store, run_id: str) -> bool:
+    rec = read_records(store, [run_id])[run_id]
+    return rec is not None and rec.status == "completed"
+
+
+def _device_summary(where: str, resources) -> str:
+    kind = f"{resources.gpu:g} GPU" if resources.gpu else "CPU"
+    return f"{where}; per trial {resources.cpu:g} CPU + {kind}"

@@ -1,0 +1,53 @@
+"""`kdsweep run --dry-run`: the expanded cells, their count, the trial groups and a rough cost estimate."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kdsweep.estimate import sweep_cost
+from kdsweep.space import Space
+from kdsweep.storage import Store
+from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
+
+
+def describe(space: Space) -> str:
+    f = space.file
+    store = Store(space.root)
+    records = read_records(store, [r.run_id for r in space.runs])
+    todo = pending_runs(space.runs, records)
+    groups = plan_groups(space, todo, store, f.group.max_students)
+    lines = [f"experiment {f.experiment} -> {space.root}",
+             f"teacher {f.teacher.arch} ({'trained first' if space.teacher.training_run else space.teacher.spec.checkpoint}), "
+             f"student {f.student.arch}, dataset {f.dataset.name}, {space.runs[0].recipe.epochs} epochs", ""]
+    seeds = Counter(r.labels["cell_id"] for r in space.runs)
+    lines.append(f"{'variant':<16} {'loss':<7} {'lr':>7}  seeds  knobs")
+    shown = set()
+    for run in space.runs:
+        cell = run.labels["cell_id"]
+        if cell in shown:
+            continue
+        shown.add(cell)
+        m = run.method
+        knobs = f"taps={m.taps} gate={m.gate} ce={m.ce_weight:g} kd={m.kd_weight:g} eval={m.eval_head}"
+        lines.append(f"{run.labels['variant']:<16} {m.loss:<7} {run.lr:>7g}  {seeds[cell]:>5}  {knobs}")
+    lines += ["", f"{len(space.cells)} cells, {len(space.runs)} runs ({len(space.runs) - len(todo)} already finished)",
+              f"{len(groups)} trial groups of up to {f.group.max_students} students "
+              f"(resources per trial: {f.resources.cpu:g} CPU, {f.resources.gpu:g} GPU):"]
+    for g in groups:
+        lines.append(f"  {g.group_id}: seed {g.seed}, {len(g.runs)} students")
+    train_images = _size(f.dataset.train_subset, 50000 if f.dataset.name == "cifar100" else f.dataset.train_size)
+    test_images = _size(f.dataset.test_subset, 10000 if f.dataset.name == "cifar100" else f.dataset.test_size)
+    classes = 100 if f.dataset.name == "cifar100" else f.dataset.num_classes
+    cost = sweep_cost(f.teacher.arch, f.student.arch, len(todo), len(groups), space.runs[0].recipe.epochs,
+                      train_images, test_images, classes)
+    lines += ["", "rough cost of what is left (FLOP counts; see kdsweep/estimate.py for the assumptions):",
+              f"  {cost.flops_shared / 1e15:,.1f} PFLOP with the teacher shared per group "
+              f"(~{cost.gpu_hours(cost.flops_shared):.2f} H100-hours, ~{cost.cpu_core_hours(cost.flops_shared):,.0f} "
+              f"CPU core-hours)",
+              f"  {cost.flops_naive / 1e15:,.1f} PFLOP if every student re-ran the teacher "
+              f"(~{cost.gpu_hours(cost.flops_naive):.2f} H100-hours)"]
+    return "\n".join(lines)
+
+
+def _size(subset, full) -> int:
+    return min(subset, full) if subset else full

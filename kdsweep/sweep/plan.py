@@ -1,0 +1,58 @@
+"""Which runs still need training, and how they are packed into student groups (one Ray trial each)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from kdsweep.engine import FINAL_STATUSES, GroupSpec, RunRecord, RunSpec
+from kdsweep.space import Space
+from kdsweep.ids import digest
+from kdsweep.storage import Store
+
+_CHECKPOINT = re.compile(r"^epoch-(\d+)\.pt\.sha256$")
+
+
+def read_records(store: Store, run_ids) -> dict[str, RunRecord | None]:
+    """Each run's progress record, None for runs that never started."""
+    out = {}
+    for run_id in run_ids:
+        name = f"runs/{run_id}/progress.json"
+        out[run_id] = RunRecord.from_dict(store.read_json(name)) if store.exists(name) else None
+    return out
+
+
+def resume_epoch(store: Store, run_id: str) -> int:
+    """Epochs completed in the newest checksummed checkpoint (0 without one)."""
+    found = (_CHECKPOINT.match(n) for n in store.list(f"runs/{run_id}/checkpoints"))
+    return max((int(m.group(1)) for m in found if m), default=0)
+
+
+def pending_runs(runs, records: dict[str, RunRecord | None]) -> list[RunSpec]:
+    """Runs not completed or diverged: never started, interrupted, or failed in an earlier sweep."""
+    return [r for r in runs if records.get(r.run_id) is None or records[r.run_id].status not in FINAL_STATUSES]
+
+
+def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: int, *, teacher=True) -> list[GroupSpec]:
+    """Pack runs into groups of at most `max_students` that share seed, recipe and resume epoch.
+
+    Students that share a seed see identical batches, so they can share each teacher forward; a shared resume
+    epoch keeps a group in lock-step after an interruption (runs added later start their own groups).
+    """
+    buckets: dict[tuple, list[RunSpec]] = defaultdict(list)
+    for run in runs:
+        key = (run.seed, run.recipe, resume_epoch(store, run.run_id))
+        buckets[key].append(run)
+    execution = space.file.execution
+    threads = execution.threads or max(1, int(space.file.resources.cpu))
+    groups = []
+    for (seed, _, start), members in buckets.items():
+        for i in range(0, len(members), max_students):
+            chunk = tuple(members[i:i + max_students])
+            group_id = f"g-s{seed}-e{start}-{digest(sorted(r.run_id for r in chunk))}"
+            groups.append(GroupSpec(
+                group_id=group_id, seed=seed, data=space.data, teacher=space.teacher.spec if teacher else None,
+                runs=chunk, storage=space.root, device=execution.device, threads=threads,
+                teacher_cache=execution.teacher_cache, save_final=execution.save_final,
+            ))
+    return groups

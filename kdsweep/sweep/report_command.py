@@ -1,0 +1,35 @@
+"""`kdsweep report`: refresh the tables from the stored records, then write results.md and the plots."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from kdsweep.storage import Store
+from kdsweep.sweep import results
+from kdsweep.sweep.status import is_live
+
+
+def report_experiment(location: str, select: str | None = None, fmt: str | None = None) -> str:
+    from kdsweep.report import write_report
+
+    store = Store(location)
+    if store.exists("space.yaml"):
+        space, store = results.open_experiment(location)
+        results.export(space, store, live=is_live(store))
+    local = store.local_path()
+    if local is not None:
+        report = write_report(local, select=select, fmt=fmt)
+        return f"{report.headline_markdown}\nreport written to {local / 'results.md'}"
+    # Object storage: build in a temporary folder, then upload what the report wrote.
+    with tempfile.TemporaryDirectory(prefix="kdsweep-report-") as tmp:
+        tmp_path = Path(tmp)
+        for name in ("trials.parquet", "epochs.parquet", "manifest.json"):
+            if store.exists(name):
+                (tmp_path / name).write_bytes(store.read_bytes(name))
+        report = write_report(tmp_path, select=select, fmt=fmt)
+        for path in tmp_path.rglob("*"):
+            rel = path.relative_to(tmp_path).as_posix()
+            if path.is_file() and not rel.endswith((".parquet", "manifest.json")):
+                store.write_bytes(rel, path.read_bytes())
+    return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"

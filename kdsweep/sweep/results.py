@@ -1,0 +1,191 @@
+"""The tidy result files of an experiment, rebuilt from the runs' progress records at any time.
+
+trials.parquet  one row per student run (cell x seed), whatever the grouping, in the space's order
+epochs.parquet  one row per student per finished epoch
+manifest.json   versions, device, times, dataset, recipe, teacher, report settings, checkpoint checksums
+space.yaml      the space as run (overrides applied)
+
+The progress records are the source of truth, so these files can be deleted and re-exported (`kdsweep status`
+and `kdsweep report` do so), and a crash at any point leaves the last export readable.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from kdsweep import __version__
+from kdsweep.engine import RunRecord
+from kdsweep.methods import KNOBS
+from kdsweep.space import Space
+from kdsweep.storage import Store
+from kdsweep.sweep.plan import read_records
+
+LOSS_DISPLAY = {"l2": "L2 loss", "kl": "KL divergence", "kl_raw": "KL divergence (raw features)"}
+STUDENT_DISPLAY = {"MobileNetV2_1_0": "MobileNetV2x2"}  # the SimKD paper's and the seed report's name
+_EPOCH_COLUMNS = ["epoch", "test_acc", "best_acc", "lr_epoch", "train_loss", "train_loss_feat", "train_loss_ce",
+                  "train_loss_kd", "masked_frac", "images_per_s", "wall_s"]
+
+
+def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool) -> pd.DataFrame:
+    rows = []
+    knob_axes = list(space.file.axes.knob_axes())
+    for run in space.runs:
+        rec = records.get(run.run_id)
+        status = "pending" if rec is None else rec.status
+        if status == "running" and not live:
+            status = "pending"  # interrupted: resumes from its checkpoint on the next `kdsweep run`
+        row = {
+            "student_id": run.run_id, "cell_id": run.labels["cell_id"], "variant": run.labels["variant"],
+            "title": run.labels["title"], "loss": run.method.loss, "lr": run.lr, "seed": run.seed,
+            "teacher": space.teacher.spec.arch, "student": run.student_arch, "status": status,
+            "epochs": run.recipe.epochs, "epochs_done": rec.epochs_done if rec else 0,
+            "best_acc": _num(rec and rec.best_acc), "best_epoch": rec.best_epoch if rec else None,
+            "last_acc": _num(rec and rec.last_acc), "teacher_acc": _num(rec and rec.teacher_acc),
+            "masked_frac": _num(rec and rec.masked_fraction()),
+            "diverged_epoch": rec.diverged_epoch if rec else None,
+            "wall_s": rec.wall_s if rec else 0.0, "group_id": rec.group_id if rec else None,
+            "error": rec.error if rec else None,
+        }
+        record = run.method.as_record()
+        record["multi_weights"] = ",".join(f"{w:g}" for w in run.method.multi_weights)
+        row.update({k: record[k] for k in KNOBS if k != "loss"})
+        row.update({f"axis_{k}": run.labels.get(k) for k in knob_axes})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("best_epoch", "diverged_epoch"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataFrame:
+    rows = []
+    for run in space.runs:
+        rec = records.get(run.run_id)
+        for entry in rec.history if rec else []:
+            rows.append({"student_id": run.run_id, "variant": run.labels["variant"], "loss": run.method.loss,
+                         "lr": run.lr, "seed": run.seed, **{c: entry.get(c) for c in _EPOCH_COLUMNS}})
+    frame = pd.DataFrame(rows, columns=["student_id", "variant", "loss", "lr", "seed", *_EPOCH_COLUMNS])
+    return frame.astype({c: "float64" for c in _EPOCH_COLUMNS if c != "epoch"}).astype({"epoch": "int64"})
+
+
+def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
+    """Rewrite trials.parquet, epochs.parquet and the manifest's checksums from the progress records."""
+    records = read_records(store, [r.run_id for r in space.runs])
+    trials = trials_frame(space, records, live)
+    store.write_bytes("trials.parquet", _parquet(trials))
+    store.write_bytes("epochs.parquet", _parquet(epochs_frame(space, records)))
+    manifest = read_manifest(store)
+    devices = sorted({r.device for r in records.values() if r is not None and r.device})
+    if devices:
+        manifest["training_devices"] = devices
+    manifest["checkpoints"] = {k: r.checkpoint for k, r in records.items() if r is not None and r.checkpoint}
+    teacher_accs = [r.teacher_acc for r in records.values() if r is not None and r.teacher_acc is not None]
+    manifest["teacher"]["test_acc"] = teacher_accs[0] if teacher_accs else manifest["teacher"].get("test_acc")
+    store.write_json("manifest.json", manifest)
+    return trials
+
+
+def write_space_and_manifest(space: Space, store: Store, device: str, ray_version: str | None) -> None:
+    """At the start of a sweep: the space as run, and a fresh manifest (start time, versions, device)."""
+    import torch
+
+    store.write_bytes("space.yaml", yaml.safe_dump(space_as_run(space), sort_keys=False).encode())
+    f = space.file
+    manifest = read_manifest(store) if store.exists("manifest.json") else {}
+    manifest.update({
+        "experiment": f.experiment,
+        "space_file": space.source,
+        "kdsweep_version": __version__, "torch_version": torch.__version__, "ray_version": ray_version,
+        "python_version": platform.python_version(), "git_commit": _git_commit(),
+        "device": device,
+        "started_at": _now(), "finished_at": None,
+        "first_started_at": manifest.get("first_started_at") or _now(),
+        "dataset": space.file.dataset.model_dump(),
+        "recipe": space.runs[0].recipe.as_record(),
+        "teacher": {"arch": f.teacher.arch, "checkpoint": space.teacher.spec.checkpoint,
+                    "trained_by_kdsweep": space.teacher.training_run is not None,
+                    "expected_accuracy": f.teacher.expected_accuracy,
+                    "test_acc": manifest.get("teacher", {}).get("test_acc")},
+        "report": report_settings(space),
+    })
+    store.write_json("manifest.json", manifest)
+
+
+def space_as_run(space: Space) -> dict:
+    """The document with overrides applied and every location absolute, so it reloads from anywhere."""
+    raw = dict(space.raw)
+    raw["storage"] = space.root.rsplit("/", 1)[0]
+    if space.data.root is not None:
+        raw["dataset"] = {**raw["dataset"], "root": space.data.root}
+    if space.teacher.training_run is None:
+        raw["teacher"] = {**raw["teacher"], "checkpoint": space.teacher.spec.checkpoint}
+    return raw
+
+
+def open_experiment(location: str) -> tuple[Space, Store]:
+    """The space and store of an existing experiment folder (a path or URI), as it was last run."""
+    from kdsweep.errors import UserError
+    from kdsweep.space import load_space
+
+    store = Store(location)
+    if not store.exists("space.yaml"):
+        raise UserError(
+            f"{store.root} is not a kdsweep experiment (it has no space.yaml). Give the experiment folder, "
+            f"<storage>/<experiment>, that `kdsweep run SPACE.yaml` created."
+        )
+    text = store.read_bytes("space.yaml").decode()
+    return load_space(store.location("space.yaml"), text=text, root=store.root), store
+
+
+def mark_finished(store: Store) -> None:
+    manifest = read_manifest(store)
+    manifest["finished_at"] = _now()
+    store.write_json("manifest.json", manifest)
+
+
+def report_settings(space: Space) -> dict:
+    f = space.file
+    return {
+        "baseline": f.baseline.model_dump(),
+        "teacher_display": f.teacher.display_name or f.teacher.arch,
+        "student_display": f.student.display_name or STUDENT_DISPLAY.get(f.student.arch, f.student.arch),
+        "loss_display": {**LOSS_DISPLAY, **f.report.loss_names},
+        "select": f.report.select,
+        "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()],
+        "losses": list(f.axes.loss),
+        "seeds": list(f.axes.seed),
+    }
+
+
+def read_manifest(store: Store) -> dict:
+    return store.read_json("manifest.json") if store.exists("manifest.json") else {"teacher": {}}
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _num(value) -> float:
+    return float("nan") if value is None or value is False else float(value)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,47 @@
+"""`kdsweep status`: what an experiment has done, from its stored records; starts nothing."""
+
+from __future__ import annotations
+
+from kdsweep.storage import Store
+from kdsweep.sweep import results
+from kdsweep.sweep.lock import LOCK_NAME, holder_alive
+from kdsweep.sweep.plan import read_records
+from kdsweep.sweep.progress import summarise
+
+
+def experiment_location(target: str) -> str:
+    """An experiment folder, or the folder a space YAML file's experiment lives in."""
+    if target.endswith((".yaml", ".yml")):
+        from kdsweep.space import load_space
+
+        return load_space(target).root
+    return target
+
+
+def is_live(store: Store) -> bool:
+    """True while a `kdsweep run` holds the experiment's lock."""
+    if not store.exists(LOCK_NAME):
+        return False
+    try:
+        return holder_alive(store.read_json(LOCK_NAME))
+    except (ValueError, OSError):
+        return True
+
+
+def status_text(target: str) -> str:
+    space, store = results.open_experiment(experiment_location(target))
+    live = is_live(store)
+    records = read_records(store, [r.run_id for r in space.runs])
+    summary = summarise(space, records, live)
+    lines = [f"{space.file.experiment} ({store.root}){' - a sweep is running' if live else ''}",
+             f"  {summary.line()}"]
+    trials = results.trials_frame(space, records, live)
+    for status in ("running", "failed", "diverged"):
+        rows = trials[trials.status == status]
+        for row in rows.itertuples():
+            extra = f" at epoch {row.diverged_epoch}" if status == "diverged" else ""
+            extra += f": {row.error}" if status == "failed" and row.error else ""
+            lines.append(f"  {status}: {row.student_id} ({row.epochs_done}/{row.epochs} epochs){extra}")
+    if summary.counts.get("pending") and not live:
+        lines.append(f"  run `kdsweep run {store.location('space.yaml')}` (or your space file) to continue")
+    return "\n".join(lines)
