@@ -26,6 +26,9 @@ from kdsweep.storage import Store
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
+_STARTED_HERE: list[bool] = []  # non-empty while a session started by `connect` is up
+
+
 @dataclass(frozen=True)
 class Resources:
     cpu: float
@@ -39,6 +42,11 @@ def connect(address: str | None, resources: Resources) -> str:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": WORKER_ENV}
+    if ray.is_initialized():  # a session the caller started (a notebook, the test suite): use it, leave it running
+        _STARTED_HERE.clear()
+        check_resources(resources)
+        return "existing Ray session"
+    _STARTED_HERE.append(True)
     if address:
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
@@ -110,8 +118,10 @@ def _sees_file(path: str) -> bool:
 
 
 def shutdown() -> None:
-    if ray.is_initialized():
+    """Shut down the Ray session `connect` started (never one the caller started)."""
+    if _STARTED_HERE and ray.is_initialized():
         ray.shutdown()
+    _STARTED_HERE.clear()
 
 
 def _group_trainable(config: dict, specs: dict) -> None:

@@ -33,7 +33,7 @@ def state_dict_from_checkpoint(data: bytes, location: str) -> dict[str, torch.Te
     except pickle.UnpicklingError as err:
         raise UserError(
             f"teacher checkpoint {location} was refused: it is not a plain weights file (loading it would need "
-            f"to run code or build objects that `torch.load(weights_only=True)` does not allow: {_first_line(err)}). "
+            f"to run code or build objects that `torch.load(weights_only=True)` does not allow: {_refusal(err)}). "
             f"Save the teacher as `torch.save({{'model': model.state_dict()}}, path)`."
         ) from err
     except Exception as err:
@@ -85,6 +85,13 @@ def describe_mismatch(expected: dict, found: dict) -> str:
             more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
     return "; ".join(parts)
+
+
+def _refusal(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line]
+    return (named or lines or [type(err).__name__])[0].split(" Please use", 1)[0].rstrip(".")
 
 
 def _first_line(err: Exception) -> str:

@@ -1,0 +1,200 @@
+"""The training engine without Ray: groups, determinism, resume, checkpoints, divergence, teachers."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kdsweep.engine import run_group
+from kdsweep.engine.checkpoint import from_bytes
+from kdsweep.engine.recipe import Recipe
+from kdsweep.engine.teacher import load_teacher
+from kdsweep.errors import UserError
+from kdsweep.storage import Store
+from helpers import TINY_DATA, group_spec, run_spec, save_teacher
+
+VARIANTS = [
+    run_spec("simkd-l2"),
+    run_spec("multi-kl-gated", taps="multi", loss="kl", gate="teacher_correct"),
+    run_spec("blocks-l2", taps="all_blocks"),
+    run_spec("raw-aux", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=0.01),
+]
+
+
+LEARNABLE = replace(TINY_DATA, train_size=1024, test_size=256)  # enough for one epoch to be clearly above chance
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A resnet8 teacher trained for three epochs on synthetic data (vanilla cross-entropy, ~90% test accuracy)."""
+    storage = tmp_path_factory.mktemp("teacher")
+    run_group(group_spec([run_spec("teacher", kind="vanilla", epochs=3, batch_size=64)], storage, None, data=LEARNABLE))
+    return str(storage / "runs" / "teacher" / "final.pt")
+
+
+def test_one_epoch_of_every_variant_is_above_chance(tmp_path, teacher):
+    """taps x loss x gate, each student one epoch at batch 64, all in one group sharing the teacher forward."""
+    runs = [run_spec(f"{taps}-{loss}-{gate}", taps=taps, loss=loss, gate=gate, epochs=1, batch_size=64)
+            for taps in ("last", "multi", "all_blocks") for loss in ("l2", "kl") for gate in ("none", "teacher_correct")]
+    records = run_group(group_spec(runs, tmp_path, teacher, data=LEARNABLE))
+    for r in records:
+        assert r["status"] == "completed" and r["epochs_done"] == 1
+        assert r["best_acc"] > 20.0, f"{r['run_id']}: {r['best_acc']}% (chance is 10%)"
+
+
+def final_weights(storage, run_id):
+    final = from_bytes(Store(str(storage)).read_bytes(f"runs/{run_id}/final.pt"))
+    return {**{f"model.{k}": v for k, v in final["model"].items()},
+            **{f"proj.{k}": v for k, v in final["projectors"].items()}}
+
+
+def history(storage, run_id):
+    return [(e["epoch"], e["test_acc"], e["train_loss"]) for e in
+            Store(str(storage)).read_json(f"runs/{run_id}/progress.json")["history"]]
+
+
+def assert_same_run(storage_a, storage_b, run_id):
+    a, b = final_weights(storage_a, run_id), final_weights(storage_b, run_id)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{run_id}: {key} differs"
+    assert history(storage_a, run_id) == history(storage_b, run_id)
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory, teacher):
+    """All four variants trained side by side in one group (one teacher forward per batch)."""
+    storage = tmp_path_factory.mktemp("grouped")
+    records = run_group(group_spec(VARIANTS, storage, teacher))
+    return storage, records
+
+
+def test_group_trains_every_variant_above_chance(grouped):
+    _, records = grouped
+    assert [r["status"] for r in records] == ["completed"] * 4
+    for r in records:
+        assert r["epochs_done"] == 2 and len(r["history"]) == 2
+        assert 0.0 <= r["best_acc"] <= 100.0 and r["best_epoch"] in (1, 2)
+        assert r["teacher_acc"] is not None
+    gated = records[1]["history"][-1]
+    assert 0.0 <= gated["masked_frac"] <= 1.0
+    assert records[0]["history"][-1]["masked_frac"] is None
+    assert records[3]["history"][-1]["train_loss_ce"] > 0 and records[3]["history"][-1]["train_loss_kd"] > 0
+
+
+def test_a_student_trains_to_the_same_weights_alone_or_in_a_group(grouped, tmp_path, teacher):
+    storage, _ = grouped
+    for run in VARIANTS[:3]:
+        alone = tmp_path / run.run_id
+        run_group(group_spec([run], alone, teacher))
+        assert_same_run(storage, alone, run.run_id)
+
+
+def test_interrupted_group_resumes_to_the_uninterrupted_result(grouped, tmp_path, teacher):
+    storage, _ = grouped
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_epoch(report):
+        raise Crash
+
+    with pytest.raises(Crash):
+        run_group(group_spec(VARIANTS, tmp_path, teacher), on_epoch=crash_after_first_epoch)
+    records = run_group(group_spec(VARIANTS, tmp_path, teacher))
+    for rec, run in zip(records, VARIANTS):
+        assert rec["resumed_from"] == [1]
+        assert_same_run(storage, tmp_path, run.run_id)
+
+
+def test_a_finished_run_is_not_trained_again(grouped, teacher):
+    storage, _ = grouped
+    store = Store(str(storage))
+    before = {r.run_id: store.read_bytes(f"runs/{r.run_id}/progress.json") for r in VARIANTS}
+    run_group(group_spec(VARIANTS, storage, teacher))
+    assert before == {r.run_id: store.read_bytes(f"runs/{r.run_id}/progress.json") for r in VARIANTS}
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(grouped, tmp_path, teacher):
+    storage, _ = grouped
+    run = VARIANTS[0]
+    spec = group_spec([run_spec(run.run_id, epochs=3)], tmp_path, teacher)
+
+    def stop_after_two(report):
+        if report.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_group(spec, on_epoch=stop_after_two)
+    newest = tmp_path / "runs" / run.run_id / "checkpoints" / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-write on a careless filesystem
+    with pytest.warns(UserWarning, match=f"checkpoint {newest} is corrupted or truncated"):
+        records = run_group(spec)
+    assert records[0]["resumed_from"] == [1]
+    reference = tmp_path / "reference"
+    run_group(group_spec([run_spec(run.run_id, epochs=3)], reference, teacher))
+    assert_same_run(reference, tmp_path, run.run_id)
+
+
+def test_divergence_stops_one_student_and_its_group_mates_carry_on(tmp_path, teacher):
+    runs = [run_spec("fine"), run_spec("explodes", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=1e3)]
+    records = run_group(group_spec(runs, tmp_path, teacher))
+    fine, explodes = records
+    assert fine["status"] == "completed" and fine["epochs_done"] == 2
+    assert explodes["status"] == "diverged" and explodes["diverged_epoch"] == 1 and explodes["epochs_done"] == 1
+    assert not (tmp_path / "runs" / "explodes" / "final.pt").exists()
+
+
+def test_vanilla_training_without_teacher_writes_a_loadable_teacher(tmp_path):
+    records = run_group(group_spec([run_spec("t", kind="vanilla", epochs=1)], tmp_path, None))
+    assert records[0]["status"] == "completed" and records[0]["teacher_acc"] is None
+    model, sha = load_teacher("resnet8", str(tmp_path / "runs/t/final.pt"), 10, torch.device("cpu"))
+    assert len(sha) == 64 and not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_lr_schedule_follows_the_reference():
+    recipe = Recipe()
+    assert [recipe.lr_at(0.05, e) for e in (0, 149, 150, 179, 180, 210, 239)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.005, 0.0005, 0.00005, 0.00005])
+    assert Recipe(epochs=24).milestone_epochs() == (15, 18, 21)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['KD_MARKER'], 'w').write('pwned')",))
+
+
+def test_teacher_checkpoint_problems_get_clear_messages(tmp_path, teacher, monkeypatch):
+    cpu = torch.device("cpu")
+    with pytest.raises(UserError, match="teacher checkpoint .*nope.pth does not exist"):
+        load_teacher("resnet8", str(tmp_path / "nope.pth"), 10, cpu)
+    with pytest.raises(UserError) as err:
+        load_teacher("resnet20", teacher, 10, cpu)
+    assert "does not match architecture 'resnet20' with 10 classes" in str(err.value)
+    assert "missing keys: layer1.1.conv1.weight" in str(err.value)
+    with pytest.raises(UserError, match="shape mismatches: fc.weight \\(10, 64\\) vs expected \\(100, 64\\)"):
+        load_teacher("resnet8", teacher, 100, cpu)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(UserError, match="is not a PyTorch checkpoint"):
+        load_teacher("resnet8", str(junk), 10, cpu)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("KD_MARKER", str(marker))
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": _RunsCode()}, evil)
+    with pytest.raises(UserError, match="was refused: it is not a plain weights file"):
+        load_teacher("resnet8", str(evil), 10, cpu)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pth"
+    torch.save([1, 2, 3], plain)
+    with pytest.raises(UserError, match="holds no state_dict"):
+        load_teacher("resnet8", str(plain), 10, cpu)
+
+
+def test_teacher_far_below_its_declared_accuracy_warns(tmp_path):
+    untrained = save_teacher(tmp_path / "untrained.pth")
+    spec = group_spec([run_spec("s", epochs=1)], tmp_path, untrained)
+    spec = replace(spec, teacher=replace(spec.teacher, expected_accuracy=79.42))
+    with pytest.warns(UserWarning, match="the teacher tests at .* far below the 79.42% declared"):
+        run_group(spec)
