@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", default="results/train", help="where run folders are written")
     p.set_defaults(handler=cmd_train)
+
+    from kdsweep import bench_command, cluster_command
+
+    cluster_command.add_commands(sub)
+    bench_command.add_command(sub)
     return parser
 
 
