@@ -147,4 +147,4 @@ def test_rules_that_remove_every_cell(tmp_path):
 def test_milestones_past_the_end_are_refused(tmp_path):
     with pytest.raises(SpaceError) as err:
         load_space(write(tmp_path, VALID.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [1, 150]}")))
-    assert "recipe: milestones [150] are not below epochs (2) so they would never take effect" in str(err.value)
+    assert "recipe.milestones: [150] not below recipe.epochs (2), so they would never take effect" in str(err.value)

@@ -31,6 +31,11 @@ def state_dict_from_checkpoint(data: bytes, location: str) -> dict[str, torch.Te
     try:
         obj = from_bytes(data)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise UserError(
+                f"teacher checkpoint {location} is not a PyTorch checkpoint (torch.load cannot read it). Expected a file "
+                f"written by torch.save holding {{'model': state_dict}} or a bare state_dict."
+            ) from err
         raise UserError(
             f"teacher checkpoint {location} was refused: it is not a plain weights file (loading it would need "
             f"to run code or build objects that `torch.load(weights_only=True)` does not allow: {_refusal(err)}). "

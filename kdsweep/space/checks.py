@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from kdsweep.errors import unknown_name
+from kdsweep.data import DataSpec
+from kdsweep.errors import UserError, unknown_name
 from kdsweep.methods.config import KNOBS
 from kdsweep.space.schema import MethodSection, SpaceFile
 
@@ -14,6 +15,13 @@ _AXIS_KNOBS = tuple(k for k in KNOBS if k not in ("loss", "multi_weights"))
 
 def cross_section_problems(space: SpaceFile) -> list[tuple[str, str]]:
     problems = []
+    try:
+        DataSpec(**space.dataset.model_dump()).validate()
+    except UserError as err:
+        problems.append(("dataset", str(err).removeprefix("invalid dataset section: ").rstrip(".")))
+    problems += _milestone_problems("recipe", space.recipe)
+    if space.teacher.train is not None:
+        problems += _milestone_problems("teacher.train", space.teacher.train)
     knob_axes = space.axes.knob_axes()
     for name, values in knob_axes.items():
         path = f"axes.{name}"
@@ -62,6 +70,21 @@ def cross_section_problems(space: SpaceFile) -> list[tuple[str, str]]:
     if space.resources.gpu > 1 and space.resources.gpu != int(space.resources.gpu):
         problems.append(("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {space.resources.gpu}"))
     return problems
+
+
+def _milestone_problems(path: str, section) -> list[tuple[str, str]]:
+    """Explicit milestones must increase and lie inside the run: one at or past `epochs` would never fire, which is
+    almost always a recipe copied from a longer run (omit `milestones` to scale the reference 150/180/210)."""
+    m = section.milestones
+    if m is None:
+        return []
+    if any(b <= a for a, b in zip(m, m[1:])):
+        return [(f"{path}.milestones", f"must be strictly increasing, got {m}")]
+    late = [x for x in m if x >= section.epochs]
+    if late:
+        return [(f"{path}.milestones", f"{late} not below {path}.epochs ({section.epochs}), so they would never take "
+                 f"effect; omit `milestones` to scale the reference 150/180/210 to {section.epochs} epochs")]
+    return []
 
 
 def _rule_problems(path: str, rule: dict, match_values: dict) -> list[tuple[str, str]]:

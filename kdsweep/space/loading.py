@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from pathlib import Path
@@ -138,6 +139,13 @@ def _describe(error: dict) -> tuple[str, str]:
         return path, message
     if error["type"] == "missing":
         return path, "required key is missing"
+    if error["type"] == "value_error":  # our own validators name the value already
+        return path, message
+    message = re.sub(r" or instance of \w+", "", message).replace("a valid dictionary", "a mapping")
+    if error["type"] == "literal_error" and isinstance(error["input"], str):
+        hint = closest(error["input"], re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", "")))
+        if hint:
+            message += f" (did you mean {hint!r}?)"
     return path, f"{message}; got {error['input']!r}"
 
 

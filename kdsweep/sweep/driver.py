@@ -14,6 +14,7 @@ from kdsweep.storage import Store
 from kdsweep.sweep import results
 from kdsweep.sweep.lock import ExperimentLock
 from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
+from kdsweep.sweep.preflight import preflight
 from kdsweep.sweep.progress import ProgressPrinter
 
 EXPORT_EVERY_S = 10.0  # re-export the tables at most this often during a sweep
@@ -24,21 +25,6 @@ class SweepOutcome:
     root: str
     failed: list[tuple[str, str]]
     trials: object  # pandas DataFrame of trials.parquet
-
-
-def preflight(space: Space, address: str | None) -> None:
-    """Checks that need no Ray: fail before starting anything."""
-    import os
-
-    if space.file.resources.gpu > 0 and not (address or os.environ.get("RAY_ADDRESS")):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"{space.source}: resources.gpu is {space.file.resources.gpu:g} but this machine has no usable CUDA "
-                f"GPU and no cluster --address was given. Use --set resources.gpu=0 to run on the CPU, or pass "
-                f"--address of a Ray cluster with GPU nodes."
-            )
 
 
 def run_sweep(space: Space, address: str | None = None, report: bool = True) -> SweepOutcome:

@@ -1,0 +1,123 @@
+"""Bad input always gets a clear answer: exit code 2, one paragraph naming the file, the key and what is expected,
+no traceback, and no Ray started. The corpus lives in tests/bad_inputs/; checkpoints are generated here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import save_teacher
+
+CORPUS = Path(__file__).parent / "bad_inputs"
+
+# file -> substrings the message must contain (besides the file name, checked for every case)
+EXPECTED = {
+    "malformed.yaml": ["is not valid YAML at line 4, column 1", "expected ',' or ']'"],
+    "empty.yaml": ["is empty", "Expected a YAML mapping with `experiment`"],
+    "comments_only.yaml": ["is empty"],
+    "wrong_types.yaml": ["student: Input should be a mapping; got ['resnet8']",
+                         "recipe.epochs: Input should be a valid integer; got 'ten'",
+                         "recipe.batch_size: Input should be a valid integer; got 32.5"],
+    "unknown_keys.yaml": ["recipe.epoch: unknown key (did you mean 'epochs'?); allowed here: epochs",
+                          "varaints: unknown key (did you mean 'variants'?)"],
+    "unknown_names.yaml": ["student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known: MobileNetV2",
+                           "variants.multi.method.taps: Input should be 'last', 'multi' or 'all_blocks' "
+                           "(did you mean 'multi'?); got 'mutli'",
+                           "axes.loss[1]: Input should be 'l2', 'kl' or 'kl_raw' (did you mean 'kl'?); got 'kld'"],
+    "nonpositive_lr.yaml": ["axes.lr[0]: Input should be greater than 0; got -0.01",
+                            "axes.lr[1]: Input should be greater than 0; got 0"],
+    "lr_string.yaml": ["axes.lr[0]: Input should be a valid number; got '0.01'"],
+    "empty_axes.yaml": ["axes.loss: List should have at least 1 item", "axes.seed: List should have at least 1 item"],
+    "duplicate_variants.yaml": ["duplicate key 'simkd' (first at line 8)"],
+    "rules_remove_everything.yaml": ["exclude[0].taps_unused: unknown rule key 'taps_unused'; known: loss, lr, seed, variant"],
+    "rules_remove_all_cells.yaml": ["include/exclude: these rules remove every cell: nothing would run"],
+    "baseline_variant_missing.yaml": ["baseline.variant: unknown variant 'labels'; known: multi, simkd"],
+    "seeds_not_integers.yaml": ["axes.seed[0]: Input should be a valid integer; got 0.5",
+                                "axes.seed[1]: Input should be a valid integer; got 'one'",
+                                "axes.seed[2]: Input should be a valid integer; got True"],
+    "milestones_past_epochs.yaml": ["recipe.milestones: [150, 180, 210] not below recipe.epochs (2), so they would "
+                                    "never take effect; omit `milestones` to scale"],
+    "python_tag.yaml": ["could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"],
+    # Valid files that `kdsweep run` must still refuse before anything starts:
+    "gpu_without_gpu.yaml": ["resources.gpu is 1 but this machine has no usable CUDA GPU", "--set resources.gpu=0"],
+    "dataset_missing.yaml": ["dataset.root: CIFAR-100 not found: the directory /nonexistent/kdsweep-data does not exist",
+                             "/nonexistent/kdsweep-data/cifar-100-python/train, test and meta", "download: true"],
+}
+
+# Runs every case in one interpreter: exit code, stderr, and whether Ray was ever imported.
+DRIVER = r"""
+import contextlib, io, json, sys
+from kdsweep.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    out.append({"argv": argv, "code": code, "stderr": err.getvalue()})
+print(json.dumps({"cases": out, "ray_imported": "ray" in sys.modules}))
+"""
+
+
+def run_cases(cases: list[list[str]], cwd: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_bad_input_corpus(tmp_path):
+    files = sorted(p.name for p in CORPUS.glob("*.yaml"))
+    assert set(files) == set(EXPECTED), "every corpus file has expectations, and every expectation a file"
+    cases = [["run", str(CORPUS / name), "--set", f"storage={tmp_path}"] for name in files]
+    cases += [["validate", str(CORPUS / name)] for name in files if name not in ("gpu_without_gpu.yaml", "dataset_missing.yaml")]
+    result = run_cases(cases, tmp_path)
+    assert not result["ray_imported"], "a bad input must be answered before Ray is started (or even imported)"
+    for case in result["cases"]:
+        name = Path(case["argv"][1]).name
+        message = case["stderr"]
+        assert case["code"] == 2, (case["argv"], message)
+        assert message.startswith("kdsweep: error: ") and "Traceback" not in message, message
+        assert str(CORPUS / name) in message
+        for expected in EXPECTED[name]:
+            assert expected in message, f"{name}: {expected!r} not in {message!r}"
+    assert not Path("/tmp/kdsweep-yaml-pwned").exists()
+    assert not list(tmp_path.iterdir()), "nothing is written for a refused input"
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('/tmp/kdsweep-checkpoint-pwned', 'w').write('x')",))
+
+
+def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
+    good = save_teacher(tmp_path / "resnet8.pth")
+    wrong_arch = save_teacher(tmp_path / "resnet20.pth", arch="resnet20")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00\x01 definitely not a checkpoint")
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": _RunsCode()}, evil)
+    expected = {
+        str(tmp_path / "missing.pth"): "teacher checkpoint {} does not exist",
+        wrong_arch: "teacher.checkpoint {} does not match teacher.arch 'resnet8' with 10 classes: ",
+        str(junk): "teacher checkpoint {} is not a PyTorch checkpoint",
+        str(evil): "teacher checkpoint {} was refused: it is not a plain weights file",
+    }
+    spaces = []
+    for i, checkpoint in enumerate(expected):
+        space = (CORPUS / "gpu_without_gpu.yaml").read_text().replace("gpu: 1", "gpu: 0").replace(
+            "train: {epochs: 1}", f"checkpoint: {checkpoint}")
+        path = tmp_path / f"space{i}.yaml"
+        path.write_text(space + f"storage: {tmp_path / 'results'}\n")
+        spaces.append(path)
+    result = run_cases([["run", str(p)] for p in spaces], tmp_path)
+    assert not result["ray_imported"]
+    for case, (checkpoint, message) in zip(result["cases"], expected.items()):
+        assert case["code"] == 2 and "Traceback" not in case["stderr"]
+        assert message.format(checkpoint) in case["stderr"], case["stderr"]
+    mismatch = result["cases"][1]["stderr"]
+    assert "unexpected keys: layer1.1.conv1.weight, layer1.1.bn1.weight" in mismatch  # the first mismatched keys
+    assert not Path("/tmp/kdsweep-checkpoint-pwned").exists()
+    assert good  # the same space with the good checkpoint is what the sweep tests run
