@@ -198,3 +198,23 @@ def test_teacher_far_below_its_declared_accuracy_warns(tmp_path):
     spec = replace(spec, teacher=replace(spec.teacher, expected_accuracy=79.42))
     with pytest.warns(UserWarning, match="the teacher tests at .* far below the 79.42% declared"):
         run_group(spec)
+
+
+def test_killed_between_the_final_checkpoint_and_the_records(grouped, tmp_path, teacher):
+    """A kill after the last checkpoint but before progress.json / final.pt were written: resuming only catches the
+    records up (nothing is trained again) and the result is the uninterrupted one."""
+    import json
+    import shutil
+
+    storage, _ = grouped
+    run = VARIANTS[0]
+    shutil.copytree(storage / "runs" / run.run_id, tmp_path / "runs" / run.run_id)
+    progress = tmp_path / "runs" / run.run_id / "progress.json"
+    stale = json.loads(progress.read_text())
+    stale.update(status="running", epochs_done=1, history=stale["history"][:1])
+    progress.write_text(json.dumps(stale))
+    (tmp_path / "runs" / run.run_id / "final.pt").unlink()
+    (record,) = run_group(group_spec([run], tmp_path, teacher))
+    assert record["status"] == "completed" and record["resumed_from"] == []
+    assert json.loads(progress.read_text())["epochs_done"] == 2
+    assert_same_run(storage, tmp_path, run.run_id)

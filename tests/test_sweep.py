@@ -38,7 +38,7 @@ def progress_bytes(root, space):
             if store.exists(f"runs/{r.run_id}/progress.json")}
 
 
-def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session, tmp_path):
+def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session, tmp_path, capsys):
     path = write_space(tmp_path, tiny_space(tmp_path / "results"))
     space = load_space(path)
     outcome = run_sweep(space)
@@ -68,6 +68,17 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     for png in ("acc_vs_lr.png", "curves.png"):
         assert (root / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Status and report read the stored results, also through a URI.
+    from kdsweep.cli import main
+
+    capsys.readouterr()
+    assert main(["status", str(root)]) == 0
+    assert "8/8 students done, 0 running, 0 pending, 16/16 student-epochs" in capsys.readouterr().out
+    (root / "results.md").unlink()
+    assert main(["report", f"file://{root}", "--format", "csv"]) == 0
+    assert "| Teacher Arc | Student Arc |" in capsys.readouterr().out
+    assert (root / "results.md").exists() and (root / "cells.csv").read_text().count("\n") == 5
+
     # Running again trains nothing: finished students are never re-run.
     before = progress_bytes(root, space)
     run_sweep(space, report=False)
@@ -91,96 +102,108 @@ def test_a_resource_request_no_node_can_satisfy_fails_at_once(ray_session, tmp_p
 
 
 def reference_histories(space, tmp_path):
-    """Each seed's runs trained in one group in this process, without Ray: what every sweep must reproduce."""
+    """The same space trained in this process without Ray and without interruption: teacher first (when the space
+    trains one), then each seed's runs in one group. Every interrupted sweep must end with exactly these numbers."""
+    from dataclasses import replace
+
+    from kdsweep.engine import TeacherSpec
+    from kdsweep.sweep.plan import plan_groups
+
+    reference = tmp_path / "reference"
+    teacher = space.teacher.spec
     histories = {}
-    for seed in {r.seed for r in space.runs}:
-        from kdsweep.sweep.plan import plan_groups
-
+    if space.teacher.training_run is not None:
+        (teacher_group,) = plan_groups(space, [space.teacher.training_run], Store(str(reference)), 1, teacher=False)
+        (rec,) = run_group(replace(teacher_group, storage=str(reference)))
+        histories[rec["run_id"]] = [(e["epoch"], e["test_acc"], e["train_loss"]) for e in rec["history"]]
+        teacher = TeacherSpec(teacher.arch, str(reference / "runs" / rec["run_id"] / "final.pt"))
+    for seed in sorted({r.seed for r in space.runs}):
         runs = [r for r in space.runs if r.seed == seed]
-        (group,) = plan_groups(space, runs, Store(str(tmp_path / "reference")), max_students=len(runs))
-        from dataclasses import replace
-
-        for rec in run_group(replace(group, storage=str(tmp_path / "reference"))):
+        (group,) = plan_groups(space, runs, Store(str(reference)), max_students=len(runs))
+        for rec in run_group(replace(group, storage=str(reference), teacher=teacher)):
             histories[rec["run_id"]] = [(e["epoch"], e["test_acc"], e["train_loss"]) for e in rec["history"]]
     return histories
 
 
-def stored_histories(root, space):
-    records = read_records(Store(str(root)), [r.run_id for r in space.runs])
+def stored_histories(root, run_ids):
+    records = read_records(Store(str(root)), run_ids)
     return {k: [(e["epoch"], e["test_acc"], e["train_loss"]) for e in r.history] for k, r in records.items()}
 
 
-def test_driver_killed_mid_sweep_resumes_to_the_uninterrupted_result(tmp_path):
-    teacher = save_teacher(tmp_path / "teacher.pth")
-    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, epochs=4, max_students=2))
+def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    """The driver SIGKILLed during teacher training, then mid-sweep; then a trial's worker SIGKILLed inside a sweep.
+
+    Groups: seed 0 has four students, seed 1 two (the KL cells of seed 1 are excluded), so seed 1 finishes first
+    while seed 0 is still mid-way: the second kill finds finished and checkpointed-but-unfinished students.
+    """
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", epochs=4, extra="exclude: [{seed: 1, loss: kl}]")
+                       .replace("train: {epochs: 1,", "train: {epochs: 3,"))
     space = load_space(path)
+    teacher_id = space.teacher.training_run.run_id
+    ids = [teacher_id] + [r.run_id for r in space.runs]
     root = tmp_path / "results" / "tiny"
     store = Store(str(root))
-    driver = start(["run", str(path), "--no-report"], tmp_path / "first.log")
 
-    def finished_and_interruptible():
-        records = read_records(store, [r.run_id for r in space.runs])
-        done = [k for k, r in records.items() if r and r.status == "completed"]
-        partial = [k for k, r in records.items() if r and r.status == "running" and r.checkpoint
-                   and 1 <= r.epochs_done < 4]
-        return (done, partial) if done and partial else None
+    def records():
+        return read_records(store, ids)
 
+    def sweep_until(condition, what, log):
+        driver = start(["run", str(path), "--no-report"], tmp_path / log)
+        try:
+            wait_for(condition, 240, what)
+            os.kill(driver.pid, signal.SIGKILL)
+        finally:
+            kill_session(driver.pid)
+            driver.wait()
+
+    # 1. Killed while training the teacher, after its first checkpoint.
+    sweep_until(lambda: (r := records()[teacher_id]) and r.checkpoint and r.status == "running",
+                "the teacher's first checkpoint", "run1.log")
+    teacher_epoch = resume_epoch(store, teacher_id)
+    assert teacher_epoch >= 1 and records()[teacher_id].status != "completed"
+
+    # 2. Killed mid-sweep: some students finished, others checkpointed but unfinished.
+    def finished_and_partial():
+        recs = records()
+        students = [recs[r.run_id] for r in space.runs]
+        return (any(r and r.status == "completed" for r in students)
+                and any(r and r.status == "running" and r.checkpoint for r in students))
+
+    sweep_until(finished_and_partial, "a finished student and a checkpointed unfinished one", "run2.log")
+    assert records()[teacher_id].resumed_from == [teacher_epoch], "the teacher resumed from its checkpoint"
+    recs = records()
+    finished = {k for k, r in recs.items() if r and r.status == "completed" and k != teacher_id}
+    frozen = {k: store.read_bytes(f"runs/{k}/progress.json") for k in finished}
+    checkpointed = {k: resume_epoch(store, k) for k in ids if k not in finished and k != teacher_id
+                    and resume_epoch(store, k)}
+    assert finished and checkpointed
+
+    # 3. A trial's worker process killed inside a sweep that is then left to finish.
+    driver = start(["run", str(path), "--no-report"], tmp_path / "run3.log")
     try:
-        wait_for(finished_and_interruptible, 240, "a finished run and a checkpointed partial one")
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        kill_session(driver.pid)
-        driver.wait()
-    # What the kill left behind (every process of that sweep is gone, so this is a consistent snapshot).
-    records = read_records(store, [r.run_id for r in space.runs])
-    done = [k for k, r in records.items() if r and r.status == "completed"]
-    finished_before = {k: v for k, v in progress_bytes(root, space).items() if k in done}
-    checkpointed = {k: resume_epoch(store, k) for k in records if k not in done and resume_epoch(store, k)}
-    assert done and checkpointed
-
-    rerun = subprocess.run([sys.executable, "-m", "kdsweep", "run", str(path), "--no-report"],
-                           capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "taking over the lock of a process that is gone" in rerun.stderr
-    after = progress_bytes(root, space)
-    assert {k: after[k] for k in finished_before} == finished_before  # never re-run
-    records = read_records(store, [r.run_id for r in space.runs])
-    for run_id, epoch in checkpointed.items():
-        resumed = records[run_id].resumed_from
-        assert resumed and resumed[0] == epoch, f"{run_id} did not resume from its epoch-{epoch} checkpoint"
-    assert {r.status for r in records.values()} == {"completed"}
-    assert stored_histories(root, space) == reference_histories(space, tmp_path)
-
-
-def test_a_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
-    teacher = save_teacher(tmp_path / "teacher.pth")
-    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, epochs=4, seeds=(0,),
-                                            max_students=4))
-    space = load_space(path)
-    root = tmp_path / "results" / "tiny"
-    store = Store(str(root))
-    driver = start(["run", str(path), "--no-report"], tmp_path / "run.log")
-    try:
-        def checkpointed_worker():
-            records = read_records(store, [r.run_id for r in space.runs])
-            for r in records.values():
-                if r and r.status == "running" and r.checkpoint and 1 <= r.epochs_done < 4:
-                    return r.pid
+        def worker_with_checkpoint():
+            for k, epoch in checkpointed.items():
+                r = records()[k]
+                if r.status == "running" and r.resumed_from and r.epochs_done > epoch and resume_epoch(store, k) > epoch:
+                    return k, r.pid, resume_epoch(store, k)
             return None
 
-        worker = wait_for(checkpointed_worker, 240, "a trial with a checkpoint")
+        killed_run, worker, worker_epoch = wait_for(worker_with_checkpoint, 240, "a resumed student's next checkpoint")
         os.kill(worker, signal.SIGKILL)
-        at_kill = {k: resume_epoch(store, k) for k in (r.run_id for r in space.runs)}
-        assert driver.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert driver.wait(timeout=300) == 0, (tmp_path / "run3.log").read_text()[-3000:]
     finally:
         kill_session(driver.pid)
-    records = read_records(store, [r.run_id for r in space.runs])
-    assert {r.status for r in records.values()} == {"completed"}
-    assert any(at_kill.values())
-    for run_id, epoch in at_kill.items():
-        if epoch:  # retried within the same sweep, from (at least) the checkpoint that existed at the kill
-            assert records[run_id].resumed_from and records[run_id].resumed_from[0] >= epoch, run_id
-    assert stored_histories(root, space) == reference_histories(space, tmp_path)
+    assert "taking over the lock of a process that is gone" in (tmp_path / "run3.log").read_text()
+
+    recs = records()
+    assert {r.status for r in recs.values()} == {"completed"}
+    assert {k: store.read_bytes(f"runs/{k}/progress.json") for k in finished} == frozen, "finished students re-ran"
+    for run_id, epoch in checkpointed.items():
+        assert recs[run_id].resumed_from[0] == epoch, f"{run_id} did not resume from its epoch-{epoch} checkpoint"
+    assert recs[killed_run].resumed_from[1] >= worker_epoch, "the killed trial was retried from its checkpoint"
+    assert stored_histories(root, ids) == reference_histories(space, tmp_path)
+    trials = pd.read_parquet(root / "trials.parquet")
+    assert len(trials) == 6 and set(trials.status) == {"completed"}
 
 
 def run_cli(*args, cwd=None):

@@ -52,6 +52,8 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store) for r in spec.runs]
     for t in trainers:
         t.resume()
+        if spec.save_final and t.record.status == "completed" and not store.exists(f"{t.folder}/final.pt"):
+            t.save_final()  # stopped between its final checkpoint and final.pt
     active = [t for t in trainers if not t.finished]
     if not active:
         return [t.record.to_dict() for t in trainers]

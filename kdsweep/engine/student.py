@@ -84,6 +84,10 @@ class StudentTrainer:
         self.unit.load_state_dict(state["unit"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.record = RunRecord.from_dict(state["record"])
+        if self.record.finished:
+            # Stopped between its final checkpoint and its progress file: only the records need catching up.
+            self.write_progress()
+            return
         self.record.resumed_from.append(self.record.epochs_done)
         self.record.host, self.record.pid = socket.gethostname(), os.getpid()
 

@@ -41,12 +41,29 @@ def describe(space: Space) -> str:
     cost = sweep_cost(f.teacher.arch, f.student.arch, len(todo), len(groups), space.runs[0].recipe.epochs,
                       train_images, test_images, classes)
     lines += ["", "rough cost of what is left (FLOP counts; see kdsweep/estimate.py for the assumptions):",
-              f"  {cost.flops_shared / 1e15:,.1f} PFLOP with the teacher shared per group "
-              f"(~{cost.gpu_hours(cost.flops_shared):.2f} H100-hours, ~{cost.cpu_core_hours(cost.flops_shared):,.0f} "
-              f"CPU core-hours)",
-              f"  {cost.flops_naive / 1e15:,.1f} PFLOP if every student re-ran the teacher "
-              f"(~{cost.gpu_hours(cost.flops_naive):.2f} H100-hours)"]
+              f"  {format_flops(cost.flops_shared)} with the teacher shared per group: "
+              f"~{format_hours(cost.gpu_hours(cost.flops_shared))} of H100 at 30% of peak, "
+              f"~{format_hours(cost.cpu_core_hours(cost.flops_shared))} of CPU cores",
+              f"  {format_flops(cost.flops_naive)} if every student re-ran the teacher: "
+              f"~{format_hours(cost.gpu_hours(cost.flops_naive))} of H100"]
     return "\n".join(lines)
+
+
+def format_flops(flops: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:,.1f} {unit}"
+    return f"{flops:,.0f} FLOP"
+
+
+def format_hours(hours: float) -> str:
+    if hours >= 100:
+        return f"{hours:,.0f} hours"
+    if hours >= 1:
+        return f"{hours:.1f} hours"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.0f} minutes"
+    return f"{hours * 3600:.0f} seconds"
 
 
 def _size(subset, full) -> int:

@@ -33,9 +33,9 @@ class ExperimentLock:
             self.store.write_json(LOCK_NAME, info)
             self.held = True
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self.holder()
@@ -45,6 +45,11 @@ class ExperimentLock:
                     print(f"kdsweep: taking over the lock of a process that is gone ({path})", file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
+            except OSError as err:
+                raise UserError(
+                    f"cannot write to the experiment folder {path.parent}: {err.strerror or err}. Choose a writable "
+                    f"`storage` (or --storage), or free space / fix permissions there; nothing was started."
+                ) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(info, f)
             self.held = True

@@ -1,0 +1,58 @@
+"""Storage that fills up or refuses writes: a clear error naming the path, and what was written stays readable."""
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+from kdsweep.engine.checkpoint import CheckpointDir
+from kdsweep.storage import Store
+from helpers import save_teacher, tiny_space
+
+
+@contextmanager
+def tmpfs(path, options):
+    """A real small (or read-only) filesystem; needs root, which the dev machines and CI have."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def kdsweep(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kdsweep", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_disk_full_names_the_path_and_keeps_earlier_results(tmp_path):
+    # resnet8 checkpoints are ~0.65 MB (weights + momentum): two fit in 1.6 MB, the third does not.
+    with tmpfs(tmp_path / "full", "size=1600k") as out:
+        done = kdsweep("train", "--student", "resnet8", "--dataset", "synthetic", "--train-size", "64",
+                       "--test-size", "32", "--epochs", "4", "--checkpoint-every", "1", "--threads", "1",
+                       "--out", str(out))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        (run_dir,) = (out / "runs").iterdir()
+        assert f"cannot write {run_dir}/checkpoints/epoch-0003.pt: No space left on device" in done.stderr
+        assert "everything written there before is intact" in done.stderr
+        progress = json.loads((run_dir / "progress.json").read_text())
+        assert progress["epochs_done"] == 2 and len(progress["history"]) == 2
+        state = CheckpointDir(Store(str(out)), f"runs/{run_dir.name}/checkpoints").load_latest()
+        assert state["record"]["epochs_done"] == 2
+        assert not [p for p in run_dir.rglob("*.tmp")], "no half-written temporary files are left"
+
+
+def test_read_only_storage_is_refused_before_anything_starts(tmp_path):
+    teacher = save_teacher(tmp_path / "teacher.pth")
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as storage:
+        space = tmp_path / "space.yaml"
+        space.write_text(tiny_space(storage, teacher=teacher))
+        done = kdsweep("run", str(space))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"cannot write to the experiment folder {storage}/tiny: Read-only file system" in done.stderr
