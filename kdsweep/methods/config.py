@@ -14,6 +14,7 @@ resolved configs are trained and recorded, so every number in a results table co
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 KINDS = ("simkd", "vanilla", "kd")
@@ -106,3 +107,15 @@ class MethodConfig:
 
 
 KNOBS = tuple(f.name for f in fields(MethodConfig))
+
+KL_RAW_WARNING = (
+    "loss 'kl_raw' is the seed report's KLDivLoss applied to raw feature maps, kept to replicate its KL rows: it is "
+    "unbounded below (the authors logged losses near -1.6e6) and is not a divergence between distributions; use "
+    "'kl' for the principled temperature-softmax KL"
+)
+
+
+def warn_if_replication_only(configs) -> None:
+    """Warn once when any of `configs` uses the replication-only raw-feature KL."""
+    if any(c.loss == "kl_raw" for c in configs):
+        warnings.warn(KL_RAW_WARNING, stacklevel=2)

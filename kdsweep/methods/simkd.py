@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsweep.methods.base import LossOutput, Method
-from kdsweep.methods.config import MethodConfig
+from kdsweep.methods.config import MethodConfig, warn_if_replication_only
 from kdsweep.methods.gate import reduce_gated, teacher_correct_mask
 from kdsweep.methods.losses import kl_logits_per_sample, kl_raw_per_sample, l2_per_sample, spatial_kl_per_sample
 from kdsweep.methods.projector import Projector
@@ -23,6 +23,7 @@ from kdsweep.models import FeatureModel, Intermediates
 class SimKD(Method):
     def __init__(self, config: MethodConfig, student: FeatureModel, teacher: FeatureModel):
         super().__init__(config)
+        warn_if_replication_only([self.config])
         self.pairs: list[TapPair] = plan_taps(self.config, student.feature_info, teacher.feature_info)
         self.projectors = nn.ModuleList(
             Projector(p.student_channels, p.teacher_channels, self.config.factor) for p in self.pairs

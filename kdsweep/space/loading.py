@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kdsweep.errors import UserError, closest
+from kdsweep.methods.config import warn_if_replication_only
 from kdsweep.space.checks import cross_section_problems
 from kdsweep.space.expand import Space, data_spec, expand_runs, teacher_plan
 from kdsweep.space.schema import SpaceFile
@@ -48,6 +49,7 @@ def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = 
     data = data_spec(space_file, base)
     teacher = teacher_plan(space_file, root, data, base)
     runs = expand_runs(space_file, data, teacher.spec)
+    warn_if_replication_only(r.method for r in runs)
     if not runs:
         raise SpaceError(source, [("include/exclude", "these rules remove every cell: nothing would run")])
     return Space(space_file, source, raw, root, data, teacher, runs)
