@@ -13,6 +13,7 @@ the last blocks pairs exactly the maps SimKD uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -76,3 +77,13 @@ class FeatureModel(nn.Module):
         if is_feat:
             return [*out.stages, out.pooled], out.logits
         return out.logits
+
+
+def run_blocks(x: torch.Tensor, blocks: Iterable[Callable[[torch.Tensor], torch.Tensor]],
+               block_maps: list[torch.Tensor] | None) -> torch.Tensor:
+    """Apply `blocks` in order, appending every block's output to `block_maps` unless it is None."""
+    for block in blocks:
+        x = block(x)
+        if block_maps is not None:
+            block_maps.append(x)
+    return x

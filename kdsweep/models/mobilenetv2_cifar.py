@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from kdsweep.models._layers import conv_bn, init_repdistiller
-from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates
+from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates, run_blocks
 from kdsweep.models.registry import register_model
 
 # (expansion t, channels c, repeats n, first stride s) per stage of `blocks`; None means "the model's T".
@@ -115,10 +115,7 @@ class CifarMobileNetV2(FeatureModel):
         stages = [x]
         block_maps: list[torch.Tensor] | None = [] if want_blocks else None
         for g, group in enumerate(self.blocks):
-            for block in group:
-                x = block(x)
-                if block_maps is not None:
-                    block_maps.append(x)
+            x = run_blocks(x, group, block_maps)
             if g in _STAGE_GROUPS:
                 stages.append(x)
         if not want_head:

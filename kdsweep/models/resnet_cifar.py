@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates
+from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates, run_blocks
 from kdsweep.models.registry import register_model
 
 
@@ -100,10 +100,7 @@ class CifarResNet(FeatureModel):
         stages = [x]
         block_maps: list[torch.Tensor] | None = [] if want_blocks else None
         for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                x = block(x)
-                if block_maps is not None:
-                    block_maps.append(x)
+            x = run_blocks(x, layer, block_maps)
             stages.append(x)
         if not want_head:
             return Intermediates(stages, block_maps, None, None)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kdsweep.models._layers import conv_bn, init_repdistiller
-from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates
+from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates, run_blocks
 from kdsweep.models.registry import register_model
 
 # Conv widths per block (RepDistiller's cfg 'S' and 'B').
@@ -74,10 +74,8 @@ class CifarVGG(FeatureModel):
         conv_blocks = (self.block0, self.block1, self.block2, self.block3, self.block4)
         pools_after = (self.pool0, self.pool1, self.pool2, self.pool3 if input_size == 64 else None, None)
         for block, pool in zip(conv_blocks, pools_after):
-            for j in range(0, len(block), _UNIT):
-                x = block[j + 2](block[j + 1](block[j](x)))  # conv, BN, ReLU
-                if block_maps is not None:
-                    block_maps.append(x)
+            units = (block[j:j + _UNIT] for j in range(0, len(block), _UNIT))  # conv, BN, ReLU
+            x = run_blocks(x, units, block_maps)
             stages.append(x)
             if pool is not None:
                 x = pool(x)
