@@ -9,21 +9,27 @@ trial resumes its students from kdsweep's own checksummed checkpoints, so Tune's
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray import tune
+from ray.exceptions import AuthenticationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from kdsweep.cluster import SHARED_STORAGE_HINT, WORKER_ENV, job_runtime_env, missing_token
 from kdsweep.engine import EpochReport, GroupSpec, run_group
 from kdsweep.errors import UserError
 from kdsweep.storage import Store
 
-# Environment for every Ray worker: absolute paths are used throughout, but keep trials in the launch directory
-# anyway (pitfall 3); no usage-stats phone-home from laptops or clusters without internet.
-WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+# On a cluster, how long to wait for the autoscaler to add a node that can host one trial (a GPU worker type that
+# scales from zero takes minutes to boot); 0 fails at once, as the embedded local Ray always does.
+NODE_WAIT_S = float(os.environ.get("KDSWEEP_NODE_WAIT_S", 15 * 60))
+NODE_POLL_S = 5.0
 
 
 _STARTED_HERE: list[bool] = []  # non-empty while a session started by `connect` is up
@@ -41,7 +47,7 @@ def connect(address: str | None, resources: Resources) -> str:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
+    runtime_env = {"env_vars": _env_not_set_by_job(WORKER_ENV)}
     if ray.is_initialized():  # a session the caller started (a notebook, the test suite): use it, leave it running
         _STARTED_HERE.clear()
         check_resources(resources)
@@ -50,33 +56,79 @@ def connect(address: str | None, resources: Resources) -> str:
     if address:
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
+        except AuthenticationError:
+            raise UserError(missing_token(address)) from None
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"cannot connect to the Ray cluster at {address}: {_first_line(err)}") from None
+            # Ray sends a token to an address given explicitly only in token mode (it then finds the token itself).
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                    " If the cluster uses token authentication, set RAY_AUTH_MODE=token and give this machine its "
+                    "token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).")
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {_first_line(err).rstrip('.')}.{hint}"
+                            ) from None
         where = f"Ray cluster at {address}"
     else:
         # Loopback only: the embedded Ray serves nobody but this process.
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, logging_level="WARNING",
                  num_gpus=None if resources.gpu else 0)
         where = "embedded local Ray"
-    check_resources(resources)
+    check_resources(resources, wait_s=NODE_WAIT_S if address else 0.0)
     return where
 
 
-def check_resources(resources: Resources) -> None:
-    """Fail now when no node can ever host one trial (Ray would wait forever, warning every minute)."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= resources.cpu
-            and n["Resources"].get("GPU", 0) >= resources.gpu]
-    if fits:
+def _env_not_set_by_job(env: dict[str, str]) -> dict[str, str]:
+    """`env` less the variables the Ray job that runs this driver already sets (`kdsweep submit` sets them all):
+    Ray refuses to start a driver whose ray.init names an environment variable the job's runtime env names too."""
+    taken = job_runtime_env().get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in taken}
+
+
+def check_resources(resources: Resources, wait_s: float = 0.0) -> None:
+    """Fail when no node can host one trial (Ray would wait forever, warning every minute). With `wait_s`, first ask
+    the autoscaler for such a node and wait that long for it (an autoscaling cluster starts with no GPU worker)."""
+    if _fitting_node(resources) or (wait_s > 0 and _wait_for_node(resources, wait_s)):
         return
+    waited = f" after waiting {wait_s / 60:g} min for the autoscaler" if wait_s > 0 else ""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
     best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
     raise UserError(
         f"no Ray node can run a trial that asks for resources.cpu={resources.cpu:g} and "
         f"resources.gpu={resources.gpu:g}: the largest node offers {best_cpu:g} CPUs and {best_gpu:g} GPUs "
-        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}). Lower `resources` in the space "
+        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}){waited}. Lower `resources` in the space "
         f"(e.g. --set resources.gpu=0 on a CPU-only machine) or add such nodes to the cluster."
     )
+
+
+def _fitting_node(resources: Resources) -> bool:
+    return any(n["Resources"].get("CPU", 0) >= resources.cpu and n["Resources"].get("GPU", 0) >= resources.gpu
+               for n in ray.nodes() if n.get("Alive"))
+
+
+def _wait_for_node(resources: Resources, wait_s: float) -> bool:
+    from ray.autoscaler.sdk import request_resources  # marked experimental, unchanged since Ray 1.x
+
+    bundle = {k: v for k, v in (("CPU", resources.cpu), ("GPU", resources.gpu)) if v}
+    print(f"kdsweep: no node can host a trial yet ({resources.cpu:g} CPU, {resources.gpu:g} GPU); asked the "
+          f"autoscaler for one and waiting up to {wait_s / 60:g} min (KDSWEEP_NODE_WAIT_S changes this)", flush=True)
+    request_resources(bundles=[bundle])
+    # The request outlives this process: withdraw it also when `kdsweep stop` (SIGTERM) ends the wait.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main else None
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(min(NODE_POLL_S, wait_s))
+            if _fitting_node(resources):
+                return True
+        return False
+    finally:
+        request_resources(bundles=[])  # from here on the trials' own demand drives the autoscaler
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def node_count() -> int:
@@ -90,7 +142,8 @@ def verify_shared_storage(store: Store) -> None:
     tiny task pinned to each node looks for it; a node that cannot see it means the path is local to some node
     (e.g. the head's disk) and the sweep is refused before any training starts.
     """
-    if store.local_path() is None:
+    local = _local_dir(store)
+    if local is None:
         return
     marker = f".shared-probe-{os.getpid()}-{time.time_ns()}"
     store.write_bytes(marker, b"kdsweep shared storage probe\n")
@@ -99,22 +152,41 @@ def verify_shared_storage(store: Store) -> None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         checks = [
             probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                store.location(marker))
+                str(local / marker))
             for n in nodes
         ]
-        blind = [n["NodeManagerAddress"] for n, seen in zip(nodes, ray.get(checks, timeout=120)) if not seen]
+        blind = [_node_name(n) for n, seen in zip(nodes, ray.get(checks, timeout=120)) if not seen]
     finally:
         store.delete(marker)
     if blind:
         raise UserError(
-            f"storage {store.root} is not shared: the Ray node(s) at {', '.join(blind)} cannot see it, so their "
-            f"trials' results would be lost. On a multi-node cluster pass --storage (or set `storage:` in the space) "
-            f"to a folder mounted on every node (e.g. NFS: /mnt/shared/kdsweep) or to an s3:// or gs:// URI."
+            f"storage {store.root} is not shared: the Ray node(s) {', '.join(blind)} cannot see it, so their "
+            f"trials' results would be lost. On a multi-node cluster {SHARED_STORAGE_HINT}."
         )
+
+
+def _local_dir(store: Store) -> Path | None:
+    """The experiment folder as a path on the nodes' file systems (a file:// URI too); None for object storage."""
+    if store.root.startswith("file://"):
+        return Path(store.root[len("file://"):])
+    return store.local_path()
+
+
+def _node_name(node: dict) -> str:
+    return f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})"
 
 
 def _sees_file(path: str) -> bool:
     return os.path.exists(path)
+
+
+def _require_visible_storage(root: str, node_id: str) -> None:
+    """Behind verify_shared_storage: a node that joined after the probe (autoscaling) and cannot see a local
+    experiment folder fails its trial with the reason instead of writing results that nobody will read."""
+    local = _local_dir(Store(root))
+    if local is not None and not (local / "space.yaml").exists():
+        raise RuntimeError(f"storage {root} is not visible on Ray node {node_id[:8]}: it is not shared. "
+                           f"On a multi-node cluster {SHARED_STORAGE_HINT}.")
 
 
 def shutdown() -> None:
@@ -126,6 +198,8 @@ def shutdown() -> None:
 
 def _group_trainable(config: dict, specs: dict) -> None:
     spec = GroupSpec.from_dict(specs[config["group_id"]])
+    node_id = ray.get_runtime_context().get_node_id()  # which Ray node trains the group (hosts can repeat)
+    _require_visible_storage(spec.storage, node_id)
     started = time.time()
     reported = []
 
@@ -135,14 +209,15 @@ def _group_trainable(config: dict, specs: dict) -> None:
         tune.report({
             "epoch": epoch.epoch, "students": len(epoch.students), "remaining": epoch.remaining,
             "mean_acc": sum(accs) / len(accs) if accs else float("nan"),
-            "max_acc": max(accs) if accs else float("nan"), "epoch_s": epoch.seconds,
+            "max_acc": max(accs) if accs else float("nan"), "epoch_s": epoch.seconds, "node_id": node_id,
         })
 
     records = run_group(spec, on_epoch=report)
     if not reported:
         # Every trial reports at least once, also when all its students had finished before (a resumed sweep).
         tune.report({"epoch": max(r["epochs_done"] for r in records), "students": 0, "remaining": 0,
-                     "mean_acc": float("nan"), "max_acc": float("nan"), "epoch_s": time.time() - started})
+                     "mean_acc": float("nan"), "max_acc": float("nan"), "epoch_s": time.time() - started,
+                     "node_id": node_id})
 
 
 class _EpochCallback(tune.Callback):

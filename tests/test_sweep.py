@@ -136,7 +136,7 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
     Groups: seed 0 has four students, seed 1 two (the KL cells of seed 1 are excluded), so seed 1 finishes first
     while seed 0 is still mid-way: the second kill finds finished and checkpointed-but-unfinished students.
     """
-    path = write_space(tmp_path, tiny_space(tmp_path / "results", epochs=4, extra="exclude: [{seed: 1, loss: kl}]")
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", epochs=5, extra="exclude: [{seed: 1, loss: kl}]")
                        .replace("train: {epochs: 1,", "train: {epochs: 3,"))
     space = load_space(path)
     teacher_id = space.teacher.training_run.run_id
@@ -188,8 +188,11 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
                     return k, r.pid, resume_epoch(store, k)
             return None
 
-        killed_run, worker, worker_epoch = wait_for(worker_with_checkpoint, 240, "a resumed student's next checkpoint")
+        killed_run, worker, _ = wait_for(worker_with_checkpoint, 240, "a resumed student's next checkpoint")
         os.kill(worker, signal.SIGKILL)
+        # What the dead worker left (Ray needs seconds to start the retry): its students' statuses and checkpoints.
+        group = [k for k, r in records().items() if r and r.pid == worker]
+        at_kill = {k: (records()[k].status, resume_epoch(store, k)) for k in group}
         assert driver.wait(timeout=300) == 0, (tmp_path / "run3.log").read_text()[-3000:]
     finally:
         kill_session(driver.pid)
@@ -200,7 +203,10 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
     assert {k: store.read_bytes(f"runs/{k}/progress.json") for k in finished} == frozen, "finished students re-ran"
     for run_id, epoch in checkpointed.items():
         assert recs[run_id].resumed_from[0] == epoch, f"{run_id} did not resume from its epoch-{epoch} checkpoint"
-    assert recs[killed_run].resumed_from[1] >= worker_epoch, "the killed trial was retried from its checkpoint"
+    retried = {k: epoch for k, (status, epoch) in at_kill.items() if status != "completed" and epoch}
+    assert killed_run in group and retried, f"the worker died after its students finished: {at_kill}"
+    for run_id, epoch in retried.items():
+        assert recs[run_id].resumed_from[-1] == epoch, f"{run_id} was not retried from its epoch-{epoch} checkpoint"
     assert stored_histories(root, ids) == reference_histories(space, tmp_path)
     trials = pd.read_parquet(root / "trials.parquet")
     assert len(trials) == 6 and set(trials.status) == {"completed"}

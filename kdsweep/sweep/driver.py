@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from kdsweep.engine import FINAL_STATUSES
 from kdsweep.errors import UserError
@@ -28,10 +29,25 @@ class SweepOutcome:
 
 
 def run_sweep(space: Space, address: str | None = None, report: bool = True) -> SweepOutcome:
-    preflight(space, address)
     store = Store(space.root)
+    refuse_storage_in_job_copy(store)
+    preflight(space, address)
     with ExperimentLock(store):
         return _run_locked(space, store, address, report)
+
+
+def refuse_storage_in_job_copy(store: Store) -> None:
+    """Inside a Ray job that shipped a working directory (`kdsweep submit`, `ray job submit --working-dir`), a
+    relative `storage` lands in the job's temporary copy of that directory on the head node: other nodes cannot see
+    it and Ray deletes it. Refuse it before anything starts."""
+    from kdsweep.cluster import SHARED_STORAGE_HINT, job_runtime_env  # no Ray import: constants and os.environ
+
+    local = store.local_path()
+    if local is None or "working_dir" not in job_runtime_env():
+        return
+    if local.resolve().is_relative_to(Path.cwd().resolve()):  # the job runs in its copy of the working directory
+        raise UserError(f"storage {store.root} is inside this Ray job's temporary working directory on the head "
+                        f"node, which other nodes cannot see and Ray deletes: {SHARED_STORAGE_HINT}.")
 
 
 def _run_locked(space: Space, store: Store, address: str | None, report: bool) -> SweepOutcome:
