@@ -117,6 +117,9 @@ def cmd_run(args) -> int:
     from kdsweep.sweep.driver import run_sweep
 
     outcome = run_sweep(space, address=args.address, report=not args.no_report)
+    if outcome.interrupted:
+        print("kdsweep: interrupted; finished work is kept - run the same command again to resume.", file=sys.stderr)
+        return 130
     return 1 if outcome.failed else 0
 
 

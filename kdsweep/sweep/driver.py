@@ -16,6 +16,7 @@ from kdsweep.sweep import results
 from kdsweep.sweep.lock import ExperimentLock
 from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
 from kdsweep.sweep.preflight import preflight
+from kdsweep.sweep.report_command import build_report_in
 from kdsweep.sweep.progress import ProgressPrinter
 
 EXPORT_EVERY_S = 10.0  # re-export the tables at most this often during a sweep
@@ -24,8 +25,9 @@ EXPORT_EVERY_S = 10.0  # re-export the tables at most this often during a sweep
 @dataclass
 class SweepOutcome:
     root: str
-    failed: list[tuple[str, str]]
+    failed: list[tuple[str, str]]  # (group id, error) of trials that failed for good
     trials: object  # pandas DataFrame of trials.parquet
+    interrupted: bool = False  # stopped early (Ctrl-C): run again to resume
 
 
 def run_sweep(space: Space, address: str | None = None, report: bool = True) -> SweepOutcome:
@@ -72,12 +74,13 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool) -
             failed += kd_tune.run_groups(teacher_group, resources=resources, storage_path=store.location("tune"),
                                          name=f"teacher-{stamp}", max_failures=f.execution.max_failures,
                                          on_result=lambda result: None)
-            if failed or not _finished(store, teacher_run.run_id):
+            if failed:
                 raise UserError(
-                    f"training the teacher failed ({failed[0][1] if failed else 'it did not finish'}); its "
-                    f"checkpoints are kept under {store.location(f'runs/{teacher_run.run_id}')}. Run again to "
-                    f"retry from them."
+                    f"training the teacher failed ({failed[0][1]}); its checkpoints are kept under "
+                    f"{store.location(f'runs/{teacher_run.run_id}')}. Run again to retry from them."
                 )
+            if not _finished(store, teacher_run.run_id):  # Ctrl-C: Tune stopped the trial and returned
+                return _stop(space, store, failed, interrupted=True)
         records = read_records(store, [r.run_id for r in space.runs])
         todo = pending_runs(space.runs, records)
         done = len(space.runs) - len(todo)
@@ -90,25 +93,29 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool) -
                                          name=f"students-{stamp}", max_failures=f.execution.max_failures,
                                          on_result=progress.on_result)
             mark_failed_runs(space, store, groups, failed)
-        trials = results.export(space, store, live=False)
-        results.mark_finished(store)
+        outcome = _stop(space, store, failed, interrupted=_unfinished(store, groups, failed))
     finally:
         kd_tune.shutdown()
     if report:
-        write_report(store)
-    return SweepOutcome(store.root, failed, trials)
+        rep = build_report_in(store)
+        print(rep.headline_markdown)
+        print(f"kdsweep: report written to {store.location('results.md')}")
+    return outcome
 
 
-def write_report(store: Store) -> None:
-    from kdsweep.report import write_report as build
+def _stop(space: Space, store: Store, failed, interrupted: bool) -> SweepOutcome:
+    """Final export; the manifest's end time only when the sweep ran to its end."""
+    trials = results.export(space, store, live=False)
+    if not interrupted:
+        results.mark_finished(store)
+    return SweepOutcome(store.root, failed, trials, interrupted)
 
-    local = store.local_path()
-    if local is None:
-        print(f"kdsweep: results in {store.root}; run `kdsweep report {store.root}` to build the report")
-        return
-    rep = build(local)
-    print(rep.headline_markdown)
-    print(f"kdsweep: report written to {local / 'results.md'}")
+
+def _unfinished(store: Store, groups, failed) -> bool:
+    """True when Tune returned with runs of groups that did not fail still unfinished (it was interrupted)."""
+    failed_ids = {group_id for group_id, _ in failed}
+    runs = [r for g in groups if g.group_id not in failed_ids for r in g.runs]
+    return bool(pending_runs(runs, read_records(store, [r.run_id for r in runs])))
 
 
 def mark_failed_runs(space: Space, store: Store, groups, failed: list[tuple[str, str]]) -> None:

@@ -11,16 +11,21 @@ from kdsweep.sweep.status import is_live
 
 
 def report_experiment(location: str, select: str | None = None, fmt: str | None = None) -> str:
-    from kdsweep.report import write_report
-
     store = Store(location)
     if store.exists("space.yaml"):
         space, store = results.open_experiment(location)
         results.export(space, store, live=is_live(store))
+    report = build_report_in(store, select=select, fmt=fmt)
+    return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"
+
+
+def build_report_in(store: Store, select: str | None = None, fmt: str | None = None):
+    """Write results.md, plots/ (and cells.<fmt>) into the experiment folder, a local path or a URI."""
+    from kdsweep.report import write_report
+
     local = store.local_path()
     if local is not None:
-        report = write_report(local, select=select, fmt=fmt)
-        return f"{report.headline_markdown}\nreport written to {local / 'results.md'}"
+        return write_report(local, select=select, fmt=fmt)
     # Object storage: build in a temporary folder, then upload what the report wrote.
     with tempfile.TemporaryDirectory(prefix="kdsweep-report-") as tmp:
         tmp_path = Path(tmp)
@@ -32,4 +37,4 @@ def report_experiment(location: str, select: str | None = None, fmt: str | None 
             rel = path.relative_to(tmp_path).as_posix()
             if path.is_file() and not rel.endswith((".parquet", "manifest.json")):
                 store.write_bytes(rel, path.read_bytes())
-    return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"
+    return report
