@@ -218,3 +218,93 @@ def test_killed_between_the_final_checkpoint_and_the_records(grouped, tmp_path, 
     assert record["status"] == "completed" and record["resumed_from"] == []
     assert json.loads(progress.read_text())["epochs_done"] == 2
     assert_same_run(storage, tmp_path, run.run_id)
+
+
+# --- fast paths: teacher cache and fused students (tests/test_perf.py covers their parts) ----------------------
+
+CACHE_DATA = replace(TINY_DATA, train_size=24, test_size=16)  # 24 x 162 views: a teacher cache built in seconds
+
+
+def small_runs(*variants, lrs=(0.05,)):
+    return [run_spec(f"{name}-lr{lr}", lr=lr, batch_size=8, **knobs) for name, knobs in variants for lr in lrs]
+
+
+def test_a_cached_run_equals_an_uncached_run(tmp_path, teacher):
+    """Students trained on the exact teacher cache reach bitwise the weights and histories of the same students
+    trained with the teacher run on the fly (teacher_runner.py: fixed-size teacher chunks on both paths)."""
+    runs = small_runs(("simkd", {}), ("multi-kl-gated", {"taps": "multi", "loss": "kl", "gate": "teacher_correct"}))
+    records = {}
+    for mode in ("off", "on"):
+        spec = replace(group_spec(runs, tmp_path / mode, teacher, data=CACHE_DATA), teacher_cache=mode)
+        records[mode] = run_group(spec)
+    assert [r["execution"]["teacher"] for r in records["off"]] == ["shared"] * 2
+    assert [r["execution"]["teacher"] for r in records["on"]] == ["cache"] * 2
+    for run in runs:
+        assert_same_run(tmp_path / "off", tmp_path / "on", run.run_id)
+
+
+def weights_apart(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
+    """The tensors of two state dicts that differ by more than rtol of their norm plus atol per element (RMS):
+    the absolute floor keeps tensors that are nearly zero (a BatchNorm bias after a few steps, ~1e-4 per element)
+    from turning float32 rounding into a large relative error."""
+    apart = []
+    for key in a:
+        x, y = a[key].double(), b[key].double()
+        if (x - y).norm() > rtol * x.norm() + atol * x.numel() ** 0.5:
+            apart.append(key)
+    return apart
+
+
+def test_fused_students_match_students_trained_alone(tmp_path, teacher):
+    """Fusion (vmap over stacked weights) keeps each student's lr, BatchNorm statistics and momentum. It is not
+    bitwise: vmap turns each conv into one grouped conv whose fp32 sums run in another order, ~1e-7 relative per
+    step. Over these six steps (two epochs: momentum within an epoch and the hand-back between epochs) the weights
+    agree to ~1e-6 in relative norm (nearly-zero tensors such as a BN bias to ~1e-7 per element: `weights_apart`);
+    a mix-up between students (a wrong lr, shared BN statistics) is ~1e-2.
+    (Some settings amplify rounding chaotically: a gated KL student at lr 0.1 turns a 1e-7 nudge of its initial
+    weights into 2e-2 within four steps, fused or not, so the test keeps to a well-conditioned one.)"""
+    gated = {"taps": "multi", "gate": "teacher_correct"}
+    runs = small_runs(("gated", gated), lrs=(0.05, 0.02, 0.01)) + small_runs(("simkd", {}))  # 3 fuse, 1 alone
+    for mode in ("off", "on"):
+        records = run_group(replace(group_spec(runs, tmp_path / mode, teacher, data=CACHE_DATA), fuse_students=mode))
+        assert all(r["execution"]["fuse_students"] == (mode == "on") for r in records)
+    for run in runs:
+        alone, fused = final_weights(tmp_path / "off", run.run_id), final_weights(tmp_path / "on", run.run_id)
+        assert alone.keys() == fused.keys()
+        assert not weights_apart(alone, fused), run.run_id
+        a, b = history(tmp_path / "off", run.run_id), history(tmp_path / "on", run.run_id)
+        assert [e[0] for e in a] == [e[0] for e in b]
+        assert [e[2] for e in b] == pytest.approx([e[2] for e in a], rel=1e-4)
+    # the lone simkd student is not fused at all: bitwise equal
+    assert_same_run(tmp_path / "off", tmp_path / "on", runs[-1].run_id)
+    # The tolerance has teeth: two of the fused students (lr 0.05 and 0.02) are far apart under it.
+    assert weights_apart(final_weights(tmp_path / "on", runs[0].run_id), final_weights(tmp_path / "on", runs[1].run_id))
+
+
+def test_fused_students_resume_to_the_uninterrupted_result(tmp_path, teacher):
+    """Fusion hands weights, BN buffers and momentum back to each student at every epoch end, so checkpoints and
+    resume are the unfused ones."""
+    runs = small_runs(("simkd", {}), lrs=(0.05, 0.02))
+
+    def spec(folder):
+        return replace(group_spec(runs, folder, teacher, data=CACHE_DATA), fuse_students="on")
+
+    class Crash(Exception):
+        pass
+
+    def crash(report):
+        raise Crash
+
+    run_group(spec(tmp_path / "straight"))
+    with pytest.raises(Crash):
+        run_group(spec(tmp_path / "resumed"), on_epoch=crash)
+    for rec in run_group(spec(tmp_path / "resumed")):
+        assert rec["resumed_from"] == [1]
+    for run in runs:
+        assert_same_run(tmp_path / "straight", tmp_path / "resumed", run.run_id)
+
+
+def test_bf16_group_on_the_cpu_trains_and_records_its_precision(tmp_path, teacher):
+    records = run_group(replace(group_spec(small_runs(("simkd", {})), tmp_path, teacher, data=CACHE_DATA),
+                                precision="bf16"))
+    assert records[0]["status"] == "completed" and records[0]["execution"]["bf16"] is True

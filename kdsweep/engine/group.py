@@ -1,8 +1,9 @@
 """A student group: one process, one frozen teacher, one data stream (the seed), K students.
 
-Per batch the group augments the images once, computes the teacher targets once (the union of what its students'
-methods need), and steps every student on them. Students may resume at different epochs (a group formed after an
-interruption); a student simply sits out the epochs it has already done.
+Per batch the group augments the images once, gets the teacher targets once (the union of what its students'
+methods need) from its teacher source - the shared teacher run on the fly, or the exact teacher cache - and steps
+every student on them, one by one or fused (`fused.py`). Students may resume at different epochs (a group formed
+after an interruption); a student simply sits out the epochs it has already done.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from kdsweep.data import load_dataset
+from kdsweep.data import ImageData, load_dataset
 from kdsweep.data.augment import augment, prepare_test
 from kdsweep.data.stream import epoch_plan
 from kdsweep.engine.device import describe_device, resolve_device
 from kdsweep.engine.evaluate import accuracy
+from kdsweep.engine.fastpath import FastPath, resolve_fast_path
+from kdsweep.engine.fused import student_steppers
 from kdsweep.engine.specs import GroupSpec
 from kdsweep.engine.student import StudentTrainer
 from kdsweep.engine.teacher import load_teacher
-from kdsweep.methods import TeacherNeeds, compute_teacher_targets
+from kdsweep.engine.teacher_source import TeacherSource, open_teacher_source
+from kdsweep.methods import TeacherNeeds
 from kdsweep.models import FeatureModel
 from kdsweep.storage import Store
 
@@ -45,11 +49,14 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
         torch.set_num_threads(spec.threads)
     device = resolve_device(spec.device)
     store = Store(spec.storage)
+    fast = resolve_fast_path(device, precision=spec.precision, channels_last=spec.channels_last,
+                             compile=spec.compile, fuse_students=spec.fuse_students)
     data = load_dataset(spec.data).to(device)
     teacher = None
     if spec.teacher is not None:
         teacher, teacher_sha = load_teacher(spec.teacher.arch, spec.teacher.checkpoint, data.num_classes, device)
-    trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store) for r in spec.runs]
+        teacher = fast.layout(teacher)
+    trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store, fast) for r in spec.runs]
     for t in trainers:
         t.resume()
         if spec.save_final and t.record.status == "completed" and not store.exists(f"{t.folder}/final.pt"):
@@ -64,7 +71,7 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     needs = TeacherNeeds()
     for t in active:
         needs = needs | t.unit.method.teacher_needs()
-    test_inputs = prepare_test(data.test_images, data.mean, data.std)
+    test_inputs = fast.layout(prepare_test(data.test_images, data.mean, data.std))
     if teacher is not None:
         teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, test_inputs, data.test_labels, store,
                                                spec.teacher.expected_accuracy)
@@ -72,21 +79,24 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
             t.record.teacher_acc = teacher_acc
     recipe = spec.runs[0].recipe
     n_train = data.train_images.shape[0]
+    first_epoch = min(t.record.epochs_done for t in active)
+    source = open_teacher_source(spec.teacher_cache, teacher, needs, data, recipe.batch_size,
+                                 recipe.epochs - first_epoch, fast)
+    for t in active:
+        t.record.execution = {"teacher": source.kind if needs.any else "none", **fast.as_record()}
 
-    for epoch in range(min(t.record.epochs_done for t in active), recipe.epochs):
+    for epoch in range(first_epoch, recipe.epochs):
         started = time.perf_counter()
         training = [t for t in active if t.record.epochs_done == epoch]
         for t in training:
             t.begin_epoch(epoch)
+        steppers = student_steppers(training, fast)
         plan = epoch_plan(spec.seed, epoch, n_train).to(device)
         images_seen = 0
         for indices, views in plan.batches(recipe.batch_size):
-            images = augment(data.train_images[indices], views, data.mean, data.std)
-            labels = data.train_labels[indices]
-            targets = compute_teacher_targets(teacher, images, needs)
-            for t in training:
-                t.step(images, labels, targets)
-            images_seen += labels.shape[0]
+            images_seen += train_batch(data, indices, views, source, steppers, fast)
+        for stepper in steppers:
+            stepper.finish()
         for t in training:
             acc = t.test_accuracy(test_inputs, data.test_labels)
             t.end_epoch(epoch, acc, time.perf_counter() - started, images_seen)
@@ -103,6 +113,18 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
         if not active:
             break
     return [t.record.to_dict() for t in trainers]
+
+
+def train_batch(data: ImageData, indices: torch.Tensor, views: torch.Tensor, source: TeacherSource, steppers: list,
+                fast: FastPath) -> int:
+    """One step of every student on the batch (indices, views): augment once, teacher targets once. Returns the
+    batch size."""
+    images = fast.layout(augment(data.train_images[indices], views, data.mean, data.std))
+    labels = data.train_labels[indices]
+    targets = source.targets(indices, views, images)
+    for stepper in steppers:
+        stepper.step(images, labels, targets)
+    return labels.shape[0]
 
 
 def _summary(t: StudentTrainer) -> dict:

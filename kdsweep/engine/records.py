@@ -31,6 +31,8 @@ class RunRecord:
     wall_s: float = 0.0  # training + evaluation seconds spent on this run, summed over resumes
     teacher_acc: float | None = None  # test accuracy (%) of the teacher this run distilled from
     device: str | None = None  # where it trained, e.g. "cuda: NVIDIA H100 80GB HBM3"
+    # How it trained: teacher source ("shared", "cache", "none") and the speed switches (engine/fastpath.py).
+    execution: dict | None = None
     history: list[dict] = field(default_factory=list)
     checkpoint: dict | None = None  # {"file", "sha256"} of the newest checkpoint
     resumed_from: list[int] = field(default_factory=list)  # epochs_done at each resume

@@ -59,7 +59,12 @@ class GroupSpec:
     storage: str  # experiment root: absolute path or URI
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
-    teacher_cache: str = "off"  # off | on | auto
+    teacher_cache: str = "auto"  # auto | on | off: the exact teacher cache (engine/teacher_source.py)
+    # Speed switches (engine/fastpath.py): `auto` is on for CUDA, off on the CPU (its exact path).
+    precision: str = "auto"  # auto | bf16 | fp32
+    channels_last: str = "auto"  # auto | on | off
+    compile: str = "auto"  # auto | on | off: torch.compile of the student step
+    fuse_students: str = "off"  # auto | on | off: vmap fusion of same-structure students (engine/fused.py)
     save_final: bool = True  # keep final student + projector + teacher-classifier weights per run
 
     def to_dict(self) -> dict:

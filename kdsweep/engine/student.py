@@ -16,6 +16,7 @@ from torch import nn
 
 from kdsweep.engine.checkpoint import CheckpointDir, to_bytes
 from kdsweep.engine.evaluate import accuracy
+from kdsweep.engine.fastpath import FastPath, compiled
 from kdsweep.engine.records import RunRecord
 from kdsweep.engine.specs import RunSpec
 from kdsweep.methods import Method, TeacherTargets, build_method
@@ -41,26 +42,66 @@ class StudentUnit(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.method.predict(self.intermediates(images))
 
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets):
+        """The training loss on one batch: (total, {part: weighted loss}, kept count or None)."""
+        return student_losses(self, images, labels, targets)
+
+
+def student_losses(unit: StudentUnit, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets):
+    """(total, parts, kept) of `unit` on a batch; a module-level function, so that torch.compile traces it once per
+    process and student structure and every student of that structure reuses the graph."""
+    out = unit.method.losses(unit.intermediates(images), targets, labels)
+    return sum(out.parts.values()), out.parts, out.kept
+
+
+class EpochTotals:
+    """An epoch's loss sums (per-sample mean x batch size, summed over batches) and the kept-sample count, kept on
+    the device and read once per epoch, so the step never waits for the host. In a fused group every value has a
+    leading student axis and `select(k)` takes student k's."""
+
+    def __init__(self, sums: dict[str, torch.Tensor] | None = None, samples: int = 0):
+        self.sums, self.samples = dict(sums or {}), samples
+
+    def add(self, loss: torch.Tensor, parts: dict, kept: torch.Tensor | None, n: int) -> None:
+        self._add("total", loss.detach() * n)
+        for name, value in parts.items():
+            self._add(name, value.detach() * n)
+        if kept is not None:
+            self._add("kept", kept.detach())
+        self.samples += n
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def select(self, k: int) -> EpochTotals:
+        return EpochTotals({name: value[k] for name, value in self.sums.items()}, self.samples)
+
+    def read(self) -> tuple[dict[str, float], int]:
+        """(sums as floats, samples): the one host sync of an epoch."""
+        names = list(self.sums)
+        values = torch.stack([self.sums[k].float() for k in names]).tolist() if names else []
+        return dict(zip(names, values)), self.samples
+
 
 class StudentTrainer:
     def __init__(self, run: RunSpec, group_id: str, teacher: FeatureModel | None, num_classes: int,
-                 device: torch.device, store: Store):
-        self.run, self.store, self.device = run, store, device
+                 device: torch.device, store: Store, fast: FastPath = FastPath()):
+        self.run, self.store, self.device, self.fast = run, store, device, fast
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             model = create_model(run.student_arch, num_classes=num_classes)
             method = build_method(run.method, model, teacher)
-        self.unit = StudentUnit(model, method).to(device)
+        self.unit = fast.layout(StudentUnit(model, method).to(device))
         self.teacher_classifier = teacher.classifier_layer if teacher is not None else None
         recipe = run.recipe
         self.optimizer = torch.optim.SGD(
             [p for p in self.unit.parameters() if p.requires_grad],
-            lr=run.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+            lr=run.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, **self._sgd_kernel(),
         )
+        self._losses = compiled(student_losses) if fast.compile else student_losses
         self.record = RunRecord(run_id=run.run_id, group_id=group_id, epochs=recipe.epochs)
         self.checkpoints = CheckpointDir(store, f"{self.folder}/checkpoints")
-        self._totals: dict[str, torch.Tensor] = {}
-        self._samples = 0
+        self.totals = EpochTotals()
 
     @property
     def folder(self) -> str:
@@ -83,6 +124,8 @@ class StudentTrainer:
             return
         self.unit.load_state_dict(state["unit"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the kernel of this device, not the one that saved the state
+            group.update(self._sgd_kernel())
         self.record = RunRecord.from_dict(state["record"])
         if self.record.finished:
             # Stopped between its final checkpoint and its progress file: only the records need catching up.
@@ -98,25 +141,22 @@ class StudentTrainer:
             group["lr"] = lr
         self.unit.train()
         self.record.status = "running"
-        self._totals, self._samples = {}, 0
+        self.totals = EpochTotals()
+
+    def _sgd_kernel(self) -> dict:
+        """torch's fused SGD kernel on CUDA; the single-tensor loop elsewhere (the bitwise reference)."""
+        return {"fused": True, "foreach": False} if self.fast.fused_sgd else {"fused": None, "foreach": False}
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets) -> None:
-        out = self.unit.method.losses(self.unit.intermediates(images), targets, labels)
-        loss = sum(out.parts.values())
+        with self.fast.autocast(self.device):
+            loss, parts, kept = self._losses(self.unit, images, labels, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        # Accumulate on the device; read once per epoch (no host sync in the step).
-        n = labels.shape[0]
-        self._add("total", loss.detach() * n)
-        for name, value in out.parts.items():
-            self._add(name, value.detach() * n)
-        if out.kept is not None:
-            self._add("kept", out.kept.detach())
-        self._samples += n
+        self.totals.add(loss, parts, kept, labels.shape[0])
 
-    def _add(self, name: str, value: torch.Tensor) -> None:
-        self._totals[name] = self._totals[name] + value if name in self._totals else value
+    def finish(self) -> None:
+        """End of an epoch's steps: nothing to hand back, a lone student steps its own modules (see fused.py)."""
 
     def test_accuracy(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 test accuracy in percent through the method's prediction path, in eval mode."""
@@ -128,17 +168,15 @@ class StudentTrainer:
 
     def end_epoch(self, epoch: int, test_acc: float, seconds: float, images_seen: int) -> None:
         """Record the epoch; a non-finite loss marks the run diverged (its group-mates carry on)."""
-        names = list(self._totals)
-        values = torch.stack([self._totals[k].float() for k in names]).tolist() if names else []
-        totals = dict(zip(names, values))
-        mean = {k: v / max(self._samples, 1) for k, v in totals.items() if k != "kept"}
+        totals, samples = self.totals.read()
+        mean = {k: v / max(samples, 1) for k, v in totals.items() if k != "kept"}
         entry = {
             "epoch": epoch + 1,
             "test_acc": test_acc,
             "lr_epoch": self.optimizer.param_groups[0]["lr"],
             "train_loss": mean.get("total", float("nan")),
             **{f"train_loss_{k}": mean.get(k) for k in LOSS_PARTS},
-            "masked_frac": 1.0 - totals["kept"] / self._samples if "kept" in totals else None,
+            "masked_frac": 1.0 - totals["kept"] / samples if "kept" in totals else None,
             "images_per_s": images_seen / seconds if seconds > 0 else None,
             "wall_s": seconds,
         }

@@ -171,6 +171,11 @@ class ResourcesSection(Strict):
 class ExecutionSection(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     teacher_cache: OnOffAuto = "auto"
+    # Speed switches (kdsweep/engine/fastpath.py); auto = on for CUDA, off on the CPU (the bitwise-exact path).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: OnOffAuto = "auto"
+    compile: OnOffAuto = "auto"
+    fuse_students: OnOffAuto = "off"  # vmap fusion of same-structure students: opt-in until measured on a GPU
     max_failures: Annotated[int, Field(ge=0)] = 2  # Ray re-runs a crashed trial from its checkpoints this often
     save_final: bool = True
     threads: PositiveInt | None = None  # torch CPU threads per trial; default: the trial's cpu resources
