@@ -7,6 +7,7 @@ import torch
 
 from kdsweep.engine import run_group
 from kdsweep.engine.checkpoint import from_bytes
+from kdsweep.engine.fused import FusedStudents
 from kdsweep.engine.recipe import Recipe
 from kdsweep.engine.teacher import load_teacher
 from kdsweep.errors import UserError
@@ -222,7 +223,8 @@ def test_killed_between_the_final_checkpoint_and_the_records(grouped, tmp_path, 
 
 # --- fast paths: teacher cache and fused students (tests/test_perf.py covers their parts) ----------------------
 
-CACHE_DATA = replace(TINY_DATA, train_size=24, test_size=16)  # 24 x 162 views: a teacher cache built in seconds
+# 27 x 162 views: a teacher cache built in seconds; at batch 8 each epoch ends on a short batch of 3
+CACHE_DATA = replace(TINY_DATA, train_size=27, test_size=16)
 
 
 def small_runs(*variants, lrs=(0.05,)):
@@ -255,7 +257,7 @@ def weights_apart(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-6) -> l
     return apart
 
 
-def test_fused_students_match_students_trained_alone(tmp_path, teacher):
+def test_fused_students_match_students_trained_alone(tmp_path, teacher, monkeypatch):
     """Fusion (vmap over stacked weights) keeps each student's lr, BatchNorm statistics and momentum. It is not
     bitwise: vmap turns each conv into one grouped conv whose fp32 sums run in another order, ~1e-7 relative per
     step. Over these six steps (two epochs: momentum within an epoch and the hand-back between epochs) the weights
@@ -265,9 +267,14 @@ def test_fused_students_match_students_trained_alone(tmp_path, teacher):
     weights into 2e-2 within four steps, fused or not, so the test keeps to a well-conditioned one.)"""
     gated = {"taps": "multi", "gate": "teacher_correct"}
     runs = small_runs(("gated", gated), lrs=(0.05, 0.02, 0.01)) + small_runs(("simkd", {}))  # 3 fuse, 1 alone
+    fused_steps = []
+    fused_step = FusedStudents.step
+    monkeypatch.setattr(FusedStudents, "step", lambda self, *a: fused_steps.append(len(self.trainers)) or
+                        fused_step(self, *a))
     for mode in ("off", "on"):
         records = run_group(replace(group_spec(runs, tmp_path / mode, teacher, data=CACHE_DATA), fuse_students=mode))
         assert all(r["execution"]["fuse_students"] == (mode == "on") for r in records)
+    assert fused_steps == [3] * 8  # fused only when asked: 2 epochs x 4 batches, the three gated students at once
     for run in runs:
         alone, fused = final_weights(tmp_path / "off", run.run_id), final_weights(tmp_path / "on", run.run_id)
         assert alone.keys() == fused.keys()

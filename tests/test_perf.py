@@ -11,7 +11,8 @@ from kdsweep.data.synthetic import synthetic_split
 from kdsweep.engine import fastpath
 from kdsweep.engine import teacher_source as source_module
 from kdsweep.engine.fastpath import FastPath, resolve_fast_path
-from kdsweep.engine.student import StudentUnit, student_losses
+from kdsweep.engine.memory import budget_bytes
+from kdsweep.engine.student import StudentTrainer, StudentUnit, student_losses
 from kdsweep.engine.teacher import freeze
 from kdsweep.engine.teacher_cache import TeacherCache, cache_bytes
 from kdsweep.engine.teacher_runner import TeacherRunner
@@ -20,6 +21,8 @@ from kdsweep.errors import UserError
 from kdsweep.methods import MethodConfig, TargetKey, TeacherNeeds, build_method
 from kdsweep.methods.taps import FeatureRef
 from kdsweep.models import create_model
+from kdsweep.storage import Store
+from helpers import run_spec
 
 CPU = torch.device("cpu")
 # What multi-tap resnet8 students of a resnet8 teacher need (L2, and gated KL): two pooled stage maps and the logits.
@@ -158,7 +161,10 @@ def test_channels_last_gives_the_same_gradients_to_rounding(teacher):
     grads = []
     for fast in (FastPath(), FastPath(channels_last=True)):
         unit = fast.layout(student(teacher, **GATED_KL))
-        loss, _, _ = student_losses(unit, fast.layout(images), labels, targets)
+        x = fast.layout(images)
+        assert x.is_contiguous(memory_format=torch.channels_last) == fast.channels_last
+        assert unit.model.conv1.weight.is_contiguous(memory_format=torch.channels_last) == fast.channels_last
+        loss, _, _ = student_losses(unit, x, labels, targets)
         loss.backward()
         grads.append({n: p.grad for n, p in unit.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
@@ -201,3 +207,64 @@ def test_compiled_step_is_traced_once_and_reused_by_every_student(teacher, count
             if q.grad is not None:
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
     assert len(counting_compiler) == 1  # three students, one graph
+
+
+def test_a_resumed_optimizer_takes_its_parameters_layout(teacher, tmp_path):
+    """A checkpoint saved with contiguous weights (a CPU run) resumed into a channels_last student (CUDA's
+    default): the momentum buffers must take the parameters' strides, or CUDA's fused SGD refuses them."""
+    run = run_spec("s", batch_size=8)
+    store = Store(str(tmp_path))
+    saved = StudentTrainer(run, "g", teacher, 10, CPU, store)
+    saved.begin_epoch(0)
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    saved.step(images, torch.arange(8), TeacherRunner(teacher, NEEDS, 8, FastPath())(images))
+    saved.end_epoch(0, 0.0, 1.0, 8)
+    saved.save_checkpoint()
+    resumed = StudentTrainer(run, "g", teacher, 10, CPU, store, FastPath(channels_last=True))
+    resumed.resume()
+    assert resumed.record.epochs_done == 1
+    convs = 0
+    for (name, param), old in zip(resumed.unit.named_parameters(), saved.unit.parameters()):
+        buf = resumed.optimizer.state[param].get("momentum_buffer")
+        if buf is None:
+            continue
+        convs += param.dim() == 4
+        assert param.dim() < 4 or param.is_contiguous(memory_format=torch.channels_last), name
+        assert buf.stride() == param.stride(), name
+        assert torch.equal(buf, saved.optimizer.state[old]["momentum_buffer"]), name
+    assert convs > 0
+
+
+def test_the_cache_budget_of_a_packed_trial_is_its_share_of_the_card(monkeypatch):
+    """Two trials at resources.gpu = 0.5 that start together both see the card free: each may plan on half."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))
+    cuda = torch.device("cuda")
+    assert budget_bytes(cuda, 70 * gib, gpu_share=0.5) == 40 * gib
+    assert budget_bytes(cuda, 30 * gib, gpu_share=0.5) == 30 * gib  # less is free than the share
+    assert budget_bytes(cuda, 70 * gib, gpu_share=None) == budget_bytes(cuda, 70 * gib, gpu_share=1.0) == 70 * gib
+    assert budget_bytes(CPU, 12 * gib, gpu_share=0.5) == 12 * gib  # RAM is not divided by GPU shares
+
+
+def test_fused_students_compile_into_one_graph_that_steps_like_eager(teacher, tmp_path, counting_compiler):
+    """fuse_students + compile (both on for a CUDA group that asks for fusion): the vmapped loss traces into one
+    graph without breaks, and two compiled steps leave the stacked weights where two eager steps do."""
+    from kdsweep.engine.fused import FusedStudents
+
+    def fused(fast):
+        trainers = [StudentTrainer(run_spec(f"s{i}", lr=0.05 / (i + 1), batch_size=8, **GATED_KL), "g", teacher,
+                                   10, CPU, Store(str(tmp_path)), fast) for i in range(2)]
+        for t in trainers:
+            t.begin_epoch(0)
+        return FusedStudents(trainers, fast)
+
+    eager, compiled = fused(FastPath(fuse_students=True)), fused(FastPath(fuse_students=True, compile=True))
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    labels = torch.arange(8)
+    targets = TeacherRunner(teacher, NEEDS, 8, FastPath())(images)
+    for _ in range(2):
+        eager.step(images, labels, targets)
+        compiled.step(images, labels, targets)
+    assert len(counting_compiler) == 1
+    for name in eager.params:
+        torch.testing.assert_close(compiled.params[name], eager.params[name], rtol=1e-5, atol=1e-7, msg=name)

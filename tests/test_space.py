@@ -149,3 +149,17 @@ def test_milestones_past_the_end_are_refused(tmp_path):
     with pytest.raises(SpaceError) as err:
         load_space(write(tmp_path, VALID.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [1, 150]}")))
     assert "recipe.milestones: [150] not below recipe.epochs (2), so they would never take effect" in str(err.value)
+
+
+def test_full_grid_groups_pack_students_by_the_teacher_maps_they_tap(tmp_path):
+    """Within a seed, groups fill in order of taps (last, multi, all_blocks), so the all-layer students, whose
+    teacher cache is never built, share groups with each other rather than spoiling the others' caches."""
+    from kdsweep.storage import Store
+    from kdsweep.sweep.plan import plan_groups
+
+    space = load_space(SPACES / "full_grid.yaml", [f"storage={tmp_path}"])
+    groups = plan_groups(space, space.runs, Store(space.root), max_students=8)
+    assert len(groups) == 15 and all(len(g.runs) == 8 for g in groups)
+    seed0 = [sorted({r.labels["variant"] for r in g.runs}) for g in groups if g.seed == 0]
+    assert seed0 == [["simkd"], ["labels", "simkd"], ["labels", "multi"], ["all_layers", "multi"], ["all_layers"]]
+    assert {g.gpu_share for g in groups} == {1.0}

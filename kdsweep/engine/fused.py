@@ -72,6 +72,8 @@ class FusedStudents:
         self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
         self.lrs = [t.optimizer.param_groups[0]["lr"] for t in trainers]
         self.velocity = {n: self._stacked_momentum(n) for n in self.params}
+        self.stepped: set[str] = set()  # parameters that got a gradient this epoch (and so a momentum buffer)
+        self._neg_lrs: dict[tuple, torch.Tensor] = {}
         self.totals = EpochTotals()
         self._losses = compiled(fused_losses) if fast.compile else fused_losses
 
@@ -96,20 +98,28 @@ class FusedStudents:
     @torch.no_grad()
     def _sgd(self) -> None:
         """torch.optim.SGD's update (dampening 0, no Nesterov) on the stacks, with a per-student lr:
-        d = grad + wd * p;  v = momentum * v + d;  p = p - lr * v.  Parameters without a gradient are skipped,
-        as torch does (the SimKD student's own classifier head). The lr step runs once per student on its slices
-        (K multi-tensor launches) with the same scalar-alpha kernel as torch's SGD."""
+        d = grad + wd * p;  v = momentum * v + d;  p = p - lr_k * v.  Parameters without a gradient are skipped,
+        as torch does (the SimKD student's own classifier head). Five multi-tensor launches per step whatever K:
+        the per-student lr is a (K, 1, ...) tensor broadcast over each stack."""
         names = [n for n, p in self.params.items() if p.grad is not None]
+        self.stepped.update(names)
         params = [self.params[n] for n in names]
         grads = [p.grad for p in params]
         velocity = [self.velocity[n] for n in names]
         torch._foreach_add_(grads, params, alpha=self.weight_decay)
         torch._foreach_mul_(velocity, self.momentum)
         torch._foreach_add_(velocity, grads)
-        for k, lr in enumerate(self.lrs):
-            torch._foreach_add_([p[k] for p in params], [v[k] for v in velocity], alpha=-lr)
+        torch._foreach_add_(params, torch._foreach_mul(velocity, [self._neg_lr(p) for p in params]))
         for p in params:
             p.grad = None
+
+    def _neg_lr(self, stacked: torch.Tensor) -> torch.Tensor:
+        """-lr of each student, shaped (K, 1, ..., 1) to broadcast over a stack like `stacked`."""
+        shape = (len(self.lrs),) + (1,) * (stacked.dim() - 1)
+        if shape not in self._neg_lrs:
+            self._neg_lrs[shape] = torch.tensor([-lr for lr in self.lrs], dtype=stacked.dtype,
+                                                device=stacked.device).view(shape)
+        return self._neg_lrs[shape]
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -118,8 +128,9 @@ class FusedStudents:
             for name, stacked in self.params.items():
                 param = t.unit.get_parameter(name)
                 param.copy_(stacked[k])
-                if self.velocity[name][k].any() or param in t.optimizer.state:
-                    t.optimizer.state[param]["momentum_buffer"] = self.velocity[name][k].clone()
+                if name in self.stepped or param in t.optimizer.state:
+                    # in the parameter's own layout (channels_last on CUDA), as torch's fused SGD requires
+                    t.optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(self.velocity[name][k])
             for name, stacked in self.buffers.items():
                 t.unit.get_buffer(name).copy_(stacked[k])
             t.totals = self.totals.select(k)

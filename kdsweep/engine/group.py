@@ -81,7 +81,7 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     n_train = data.train_images.shape[0]
     first_epoch = min(t.record.epochs_done for t in active)
     source = open_teacher_source(spec.teacher_cache, teacher, needs, data, recipe.batch_size,
-                                 recipe.epochs - first_epoch, fast)
+                                 recipe.epochs - first_epoch, fast, gpu_share=spec.gpu_share)
     for t in active:
         t.record.execution = {"teacher": source.kind if needs.any else "none", **fast.as_record()}
 

@@ -60,6 +60,9 @@ class GroupSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     teacher_cache: str = "auto"  # auto | on | off: the exact teacher cache (engine/teacher_source.py)
+    # The share of its GPU this group's trial holds (resources.gpu, e.g. 0.5); bounds the cache's memory budget
+    # on CUDA, since trials packed on one card may build their caches at the same moment. None: the whole card.
+    gpu_share: float | None = None
     # Speed switches (engine/fastpath.py): `auto` is on for CUDA, off on the CPU (its exact path).
     precision: str = "auto"  # auto | bf16 | fp32
     channels_last: str = "auto"  # auto | on | off

@@ -124,8 +124,7 @@ class StudentTrainer:
             return
         self.unit.load_state_dict(state["unit"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the kernel of this device, not the one that saved the state
-            group.update(self._sgd_kernel())
+        self._match_optimizer_to_this_process()
         self.record = RunRecord.from_dict(state["record"])
         if self.record.finished:
             # Stopped between its final checkpoint and its progress file: only the records need catching up.
@@ -142,6 +141,18 @@ class StudentTrainer:
         self.unit.train()
         self.record.status = "running"
         self.totals = EpochTotals()
+
+    def _match_optimizer_to_this_process(self) -> None:
+        """A loaded optimizer state is the saving process's: give it this device's SGD kernel, and momentum buffers
+        in their parameters' memory layout. load_state_dict keeps a buffer's saved strides (contiguous from a CPU
+        run, say), and CUDA's fused SGD refuses a buffer whose strides differ from its channels_last parameter's."""
+        for group in self.optimizer.param_groups:
+            group.update(self._sgd_kernel())
+            for param in group["params"]:
+                state = self.optimizer.state.get(param, {})
+                buf = state.get("momentum_buffer")
+                if buf is not None and buf.stride() != param.stride():
+                    state["momentum_buffer"] = torch.empty_like(param).copy_(buf)
 
     def _sgd_kernel(self) -> dict:
         """torch's fused SGD kernel on CUDA; the single-tensor loop elsewhere (the bitwise reference)."""

@@ -7,8 +7,9 @@ and augmentation views (what the cache looks up) and the augmented, normalised i
   off   always the shared teacher, one forward per batch for the K students.
   on    always the cache; an error naming the sizes when it does not fit in the device's free memory.
   auto  the cache when it pays off - more than 162 epochs to go (building it costs 162 teacher forwards per
-        image, as many as 162 epochs on the fly) - and fits in CACHE_MEMORY_FRACTION of the free memory (the rest
-        is left for the students, and for other groups packed on the same GPU); else the shared teacher.
+        image, as many as 162 epochs on the fly) - and fits in CACHE_MEMORY_FRACTION of the memory budget (the
+        free memory; on CUDA at most the trial's `gpu_share` of the card, so that trials packed on one GPU leave
+        each other room); else the shared teacher.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from kdsweep.data import ImageData
 from kdsweep.data.augment import NUM_VIEWS
 from kdsweep.engine.fastpath import FastPath
-from kdsweep.engine.memory import available_bytes, gib
+from kdsweep.engine.memory import available_bytes, budget_bytes, gib
 from kdsweep.engine.teacher_cache import TeacherCache, cache_bytes
 from kdsweep.engine.teacher_runner import TeacherRunner, as_float
 from kdsweep.errors import UserError
@@ -56,7 +57,8 @@ TeacherSource = OnTheFlyTeacher | CachedTeacher
 
 
 def open_teacher_source(mode: str, teacher: FeatureModel | None, needs: TeacherNeeds, data: ImageData,
-                        batch_size: int, epochs_left: int, fast: FastPath) -> TeacherSource:
+                        batch_size: int, epochs_left: int, fast: FastPath,
+                        gpu_share: float | None = None) -> TeacherSource:
     """The teacher source for a group (building the cache when it is chosen); `data` is on the training device."""
     if mode not in CACHE_MODES:
         raise ValueError(f"teacher_cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
@@ -73,8 +75,9 @@ def open_teacher_source(mode: str, teacher: FeatureModel | None, needs: TeacherN
             f"targets, but {device.type} has only {gib(free)} free. Use teacher_cache: auto (falls back to the "
             f"shared teacher), fewer distinct taps per group, or bf16 (precision: bf16 halves the cache)."
         )
-    if mode == "auto" and (epochs_left <= NUM_VIEWS or need > CACHE_MEMORY_FRACTION * free):
-        return shared
+    if mode == "auto":
+        if epochs_left <= NUM_VIEWS or need > CACHE_MEMORY_FRACTION * budget_bytes(device, free, gpu_share):
+            return shared
     # On the CPU the cache is built in chunks of the training batch size, exactly as the shared teacher runs,
     # which is what makes cached and uncached runs bitwise equal there (teacher_runner.py).
     chunk = max(batch_size, CUDA_CACHE_CHUNK) if device.type == "cuda" else batch_size

@@ -6,6 +6,7 @@ import re
 from collections import defaultdict
 
 from kdsweep.engine import FINAL_STATUSES, GroupSpec, RunRecord, RunSpec
+from kdsweep.methods.config import TAPS
 from kdsweep.space import Space
 from kdsweep.ids import digest
 from kdsweep.storage import Store
@@ -33,11 +34,21 @@ def pending_runs(runs, records: dict[str, RunRecord | None]) -> list[RunSpec]:
     return [r for r in runs if records.get(r.run_id) is None or records[r.run_id].status not in FINAL_STATUSES]
 
 
+def teacher_maps(run: RunSpec) -> int:
+    """How many teacher maps a run taps, as a rank: none or logits only (vanilla, kd), the last stage, two
+    stages, every block."""
+    return 0 if run.method.kind != "simkd" else 1 + TAPS.index(run.method.taps)
+
+
 def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: int, *, teacher=True) -> list[GroupSpec]:
     """Pack runs into groups of at most `max_students` that share seed, recipe and resume epoch.
 
     Students that share a seed see identical batches, so they can share each teacher forward; a shared resume
-    epoch keeps a group in lock-step after an interruption (runs added later start their own groups).
+    epoch keeps a group in lock-step after an interruption (runs added later start their own groups). Within a
+    bucket, runs are packed in order of the teacher maps they tap (`teacher_maps`), so that the all-layer students
+    (whose teacher cache, ~750 GiB in bf16, is never built) fill groups of their own instead of spoiling the cache
+    of others: in the full grid each seed's groups then need 17, 17, 48, 774 and 728 GiB of bf16 cache (in the
+    space's order: 17, 48, 758, 743, 17), three of them cacheable on a 141 GB card instead of two.
     """
     buckets: dict[tuple, list[RunSpec]] = defaultdict(list)
     for run in runs:
@@ -47,13 +58,15 @@ def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: i
     threads = execution.threads or max(1, int(space.file.resources.cpu))
     groups = []
     for (seed, _, start), members in buckets.items():
+        members.sort(key=teacher_maps)  # stable: the space's order within each kind
         for i in range(0, len(members), max_students):
             chunk = tuple(members[i:i + max_students])
             group_id = f"g-s{seed}-e{start}-{digest(sorted(r.run_id for r in chunk))}"
             groups.append(GroupSpec(
                 group_id=group_id, seed=seed, data=space.data, teacher=space.teacher.spec if teacher else None,
                 runs=chunk, storage=space.root, device=execution.device, threads=threads,
-                teacher_cache=execution.teacher_cache, save_final=execution.save_final,
+                teacher_cache=execution.teacher_cache, gpu_share=space.file.resources.gpu or None,
+                save_final=execution.save_final,
                 precision=execution.precision, channels_last=execution.channels_last, compile=execution.compile,
                 fuse_students=execution.fuse_students,
             ))
