@@ -26,7 +26,10 @@ EXPECTED = {
     "unknown_names.yaml": ["student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known: MobileNetV2",
                            "variants.multi.method.taps: Input should be 'last', 'multi' or 'all_blocks' "
                            "(did you mean 'multi'?); got 'mutli'",
-                           "axes.loss[1]: Input should be 'l2', 'kl' or 'kl_raw' (did you mean 'kl'?); got 'kld'"],
+                           "axes.loss[1]: Input should be 'l2', 'kl' or 'kl_raw' (did you mean 'kl'?); got 'kld'",
+                           # a cross-section problem, reported beside the schema's
+                           "baseline.variant: unknown variant 'simdk' (did you mean 'simkd'?); known: multi, simkd",
+                           "is invalid (4 problems)"],
     "nonpositive_lr.yaml": ["axes.lr[0]: Input should be greater than 0; got -0.01",
                             "axes.lr[1]: Input should be greater than 0; got 0"],
     "lr_string.yaml": ["axes.lr[0]: Input should be a valid number; got '0.01'"],

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kdsweep.engine import group as group_module
 from kdsweep.engine import run_group
 from kdsweep.engine.checkpoint import from_bytes
 from kdsweep.engine.fused import FusedStudents
@@ -33,14 +34,27 @@ def teacher(tmp_path_factory):
     return str(storage / "runs" / "teacher" / "final.pt")
 
 
-def test_one_epoch_of_every_variant_is_above_chance(tmp_path, teacher):
-    """taps x loss x gate, each student one epoch at batch 64, all in one group sharing the teacher forward."""
+def test_one_epoch_of_every_variant_is_above_chance(tmp_path, teacher, monkeypatch):
+    """taps x loss x gate, the authors' raw-feature KL with CE + KD on the student head, and the plain context
+    methods (vanilla CE, Hinton KD): each student one epoch at batch 64, all in one group sharing the teacher
+    forward. The frozen teacher leaves the group exactly as it was loaded, BatchNorm statistics included."""
     runs = [run_spec(f"{taps}-{loss}-{gate}", taps=taps, loss=loss, gate=gate, epochs=1, batch_size=64)
             for taps in ("last", "multi", "all_blocks") for loss in ("l2", "kl") for gate in ("none", "teacher_correct")]
+    runs += [run_spec("raw-aux", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=0.01,
+                      epochs=1, batch_size=64),
+             run_spec("vanilla", kind="vanilla", epochs=1, batch_size=64),
+             run_spec("kd", kind="kd", epochs=1, batch_size=64)]
+    loaded = []
+    monkeypatch.setattr(group_module, "load_teacher", lambda *a: loaded.append(load_teacher(*a)) or loaded[-1])
     records = run_group(group_spec(runs, tmp_path, teacher, data=LEARNABLE))
     for r in records:
         assert r["status"] == "completed" and r["epochs_done"] == 1
         assert r["best_acc"] > 20.0, f"{r['run_id']}: {r['best_acc']}% (chance is 10%)"
+    (trained_with, _), = loaded
+    as_loaded, _ = load_teacher("resnet8", teacher, 10, torch.device("cpu"))
+    assert not any(p.requires_grad or p.grad is not None for p in trained_with.parameters())
+    after, before = trained_with.state_dict(), as_loaded.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def final_weights(storage, run_id):

@@ -25,6 +25,9 @@ def test_full_grid_expands_to_120_runs_in_the_documented_order():
     assert space.teacher.spec.arch == "resnet32x4" and space.runs[0].student_arch == "MobileNetV2_1_0"
     assert space.runs[0].recipe.milestone_epochs() == (150, 180, 210)
     assert len({r.run_id for r in space.runs}) == 120
+    # The README's quick check: the milestones scale with a shorter run instead of being refused.
+    short = load_space(SPACES / "full_grid.yaml", ["recipe.epochs=2", "axes.seed=[0]"])
+    assert len(short.runs) == 40 and short.runs[0].recipe.milestone_epochs() == (1, 2, 2)
 
 
 def test_seed_replication_knobs_cell_by_cell():
@@ -117,6 +120,25 @@ def test_every_problem_of_a_file_is_reported_with_its_key_path(tmp_path):
     assert "student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known:" in text
 
 
+def test_schema_and_cross_section_problems_are_reported_together(tmp_path):
+    bad = VALID.replace("lr: [0.01, 0.05]", "lr: [0]").replace("variant: simkd,", "variant: simdk,")
+    bad = bad.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [5]}")
+    bad += "overrides: [{when: {seed: 0, loss: l2}, set: {temperature: 2.0}}]\n"
+    with pytest.raises(SpaceError) as err:
+        load_space(write(tmp_path, bad))
+    text = str(err.value)
+    assert "(3 problems)" in text
+    assert "axes.lr[0]: Input should be greater than 0; got 0" in text  # the schema's
+    assert "baseline.variant: unknown variant 'simdk' (did you mean 'simkd'?)" in text  # needs variants, which validated
+    assert "recipe.milestones: [5] not below recipe.epochs (2)" in text
+    # `overrides` needs the axes, which did not validate: its rule is checked once they do
+    fixed = bad.replace("lr: [0]", "lr: [0.01]").replace("variant: simdk,", "variant: simkd,")
+    with pytest.raises(SpaceError) as err:
+        load_space(write(tmp_path, fixed.replace("milestones: [5]", "milestones: [1]")))
+    assert "overrides[0].when.seed: overrides set knobs per cell and every seed of a cell trains with the same knobs" \
+        in str(err.value) and "(1 problem)" in str(err.value)
+
+
 def test_cross_section_problems(tmp_path):
     bad = VALID.replace("variant: simkd,", "variant: simdk,") + "exclude: [{variant: multy}]\n"
     bad = bad.replace("multi: {title: Multi, method: {taps: multi}}", "multi: {title: Multi, method: {loss: kl}}")
@@ -163,3 +185,15 @@ def test_full_grid_groups_pack_students_by_the_teacher_maps_they_tap(tmp_path):
     seed0 = [sorted({r.labels["variant"] for r in g.runs}) for g in groups if g.seed == 0]
     assert seed0 == [["simkd"], ["labels", "simkd"], ["labels", "multi"], ["all_layers", "multi"], ["all_layers"]]
     assert {g.gpu_share for g in groups} == {1.0}
+
+
+def test_a_teacher_trained_in_the_experiment_keeps_its_weights_when_students_do_not(tmp_path):
+    """execution.save_final: false drops the students' final.pt, never the teacher's: every group loads it."""
+    from kdsweep.storage import Store
+    from kdsweep.sweep.plan import plan_groups
+
+    space = load_space(write(tmp_path, VALID + f"execution: {{save_final: false}}\nstorage: {tmp_path}\n"))
+    store = Store(space.root)
+    (teacher_group,) = plan_groups(space, [space.teacher.training_run], store, 1, teacher=False)
+    assert teacher_group.save_final is True
+    assert {g.save_final for g in plan_groups(space, space.runs, store, 8)} == {False}

@@ -13,16 +13,76 @@ from kdsweep.space.schema import MethodSection, SpaceFile
 _AXIS_KNOBS = tuple(k for k in KNOBS if k not in ("loss", "multi_weights"))
 
 
-def cross_section_problems(space: SpaceFile) -> list[tuple[str, str]]:
+def cross_section_problems(space) -> list[tuple[str, str]]:
+    """Problems that need several sections at once. `space` is a SpaceFile, or - for a file that failed schema
+    validation - a namespace of the top-level sections that did validate (the others None): every check runs whose
+    sections are all there, so the schema's problems and these are reported together."""
+    def have(*names: str) -> bool:
+        return all(getattr(space, name) is not None for name in names)
+
     problems = []
-    try:
-        DataSpec(**space.dataset.model_dump()).validate()
-    except UserError as err:
-        problems.append(("dataset", str(err).removeprefix("invalid dataset section: ").rstrip(".")))
-    problems += _milestone_problems("recipe", space.recipe)
-    if space.teacher.train is not None:
+    if have("dataset"):
+        try:
+            DataSpec(**space.dataset.model_dump()).validate()
+        except UserError as err:
+            problems.append(("dataset", str(err).removeprefix("invalid dataset section: ").rstrip(".")))
+    if have("recipe"):
+        problems += _milestone_problems("recipe", space.recipe)
+    if have("teacher") and space.teacher.train is not None:
         problems += _milestone_problems("teacher.train", space.teacher.train)
-    knob_axes = space.axes.knob_axes()
+    knob_axes = space.axes.knob_axes() if have("axes") else {}
+    if have("axes"):
+        problems += _axis_problems(space.axes, knob_axes)
+    if have("variants", "axes"):
+        axis_names = {"loss", *knob_axes}
+        for variant, section in space.variants.items():
+            clash = sorted(axis_names & set(section.method.knobs()))
+            if clash:
+                problems.append((
+                    f"variants.{variant}.method",
+                    f"sets {', '.join(clash)}, which {'is an axis' if len(clash) == 1 else 'are axes'}; "
+                    f"remove it from the variant or from `axes`, or use an `overrides` rule",
+                ))
+    # The variants' names are known even when a variant's content is invalid.
+    variant_names = list(space.variants) if have("variants") else getattr(space, "variant_names", None)
+    if have("baseline") and variant_names is not None and space.baseline.variant is not None:
+        if space.baseline.variant not in variant_names:
+            problems.append(("baseline.variant", unknown_name("variant", space.baseline.variant, variant_names)))
+    if have("variants", "axes"):
+        match_values = {
+            "variant": list(space.variants), "loss": space.axes.loss, "lr": space.axes.lr, "seed": space.axes.seed,
+            **knob_axes,
+        }
+        rules = []
+        if have("include"):
+            rules += [(f"include[{i}]", r) for i, r in enumerate(space.include)]
+        if have("exclude"):
+            rules += [(f"exclude[{i}]", r) for i, r in enumerate(space.exclude)]
+        for path, rule in rules:
+            problems.extend(_rule_problems(path, rule, match_values))
+        if have("overrides"):
+            cell_values = {k: v for k, v in match_values.items() if k != "seed"}
+            for i, r in enumerate(space.overrides):
+                when = dict(r.when)
+                if when.pop("seed", None) is not None:
+                    problems.append((f"overrides[{i}].when.seed", "overrides set knobs per cell and every seed of a "
+                                     "cell trains with the same knobs; select by variant, loss, lr or a knob axis"))
+                    if not when:
+                        continue
+                problems.extend(_rule_problems(f"overrides[{i}].when", when, cell_values))
+    if have("report"):
+        for loss in space.report.loss_names:
+            if loss not in ("l2", "kl", "kl_raw"):
+                problems.append((f"report.loss_names.{loss}", unknown_name("loss", loss, ("l2", "kl", "kl_raw"))))
+    gpu = space.resources.gpu if have("resources") else 0
+    if gpu > 1 and gpu != int(gpu):
+        problems.append(("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {gpu}"))
+    return problems
+
+
+def _axis_problems(axes, knob_axes: dict) -> list[tuple[str, str]]:
+    """Knob axes must name an axis-able knob and hold valid values; every axis's values must be distinct."""
+    problems = []
     for name, values in knob_axes.items():
         path = f"axes.{name}"
         if name not in _AXIS_KNOBS:
@@ -37,38 +97,9 @@ def cross_section_problems(space: SpaceFile) -> list[tuple[str, str]]:
             except ValidationError as err:
                 problems.append((f"{path}[{i}]", f"{err.errors()[0]['msg']}, got {value!r}"))
     for axis in ("loss", "lr", "seed", *knob_axes):
-        values = getattr(space.axes, axis, None) if axis in ("loss", "lr", "seed") else knob_axes[axis]
+        values = getattr(axes, axis) if axis in ("loss", "lr", "seed") else knob_axes[axis]
         if isinstance(values, list) and len(set(map(repr, values))) != len(values):
             problems.append((f"axes.{axis}", f"values must be distinct, got {values}"))
-
-    axis_names = {"loss", *knob_axes}
-    for variant, section in space.variants.items():
-        clash = sorted(axis_names & set(section.method.knobs()))
-        if clash:
-            problems.append((
-                f"variants.{variant}.method",
-                f"sets {', '.join(clash)}, which {'is an axis' if len(clash) == 1 else 'are axes'}; "
-                f"remove it from the variant or from `axes`, or use an `overrides` rule",
-            ))
-
-    if space.baseline.variant is not None and space.baseline.variant not in space.variants:
-        problems.append(("baseline.variant", unknown_name("variant", space.baseline.variant, space.variants)))
-
-    match_values = {
-        "variant": list(space.variants), "loss": space.axes.loss, "lr": space.axes.lr, "seed": space.axes.seed,
-        **knob_axes,
-    }
-    rules = [(f"include[{i}]", r) for i, r in enumerate(space.include)]
-    rules += [(f"exclude[{i}]", r) for i, r in enumerate(space.exclude)]
-    rules += [(f"overrides[{i}].when", r.when) for i, r in enumerate(space.overrides)]
-    for path, rule in rules:
-        problems.extend(_rule_problems(path, rule, match_values))
-
-    for loss in space.report.loss_names:
-        if loss not in ("l2", "kl", "kl_raw"):
-            problems.append((f"report.loss_names.{loss}", unknown_name("loss", loss, ("l2", "kl", "kl_raw"))))
-    if space.resources.gpu > 1 and space.resources.gpu != int(space.resources.gpu):
-        problems.append(("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {space.resources.gpu}"))
     return problems
 
 

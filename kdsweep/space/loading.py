@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from kdsweep.errors import UserError, closest
 from kdsweep.methods.config import warn_if_replication_only
@@ -121,11 +121,30 @@ def validate_document(source: str, raw: dict) -> SpaceFile:
     try:
         space = SpaceFile.model_validate(raw)
     except ValidationError as err:
-        raise SpaceError(source, [_describe(e) for e in err.errors()]) from None
+        failed = {e["loc"][0] for e in err.errors() if e["loc"]}
+        problems = [_describe(e) for e in err.errors()]
+        raise SpaceError(source, problems + cross_section_problems(_valid_sections(raw, failed))) from None
     problems = cross_section_problems(space)
     if problems:
         raise SpaceError(source, problems)
     return space
+
+
+def _valid_sections(raw: dict, failed: set) -> types.SimpleNamespace:
+    """The top-level sections of `raw` that validate on their own (given or defaulted), None for the others."""
+    sections = {}
+    for name, field in SpaceFile.model_fields.items():
+        if name in failed or (name not in raw and field.is_required()):
+            value = None
+        elif name in raw:
+            annotation = typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            value = TypeAdapter(annotation).validate_python(raw[name], strict=True)
+        else:
+            value = field.get_default(call_default_factory=True)
+        sections[name] = value
+    variants = raw.get("variants")
+    names = [k for k in variants if isinstance(k, str)] if isinstance(variants, dict) else None
+    return types.SimpleNamespace(**sections, variant_names=names)
 
 
 def _describe(error: dict) -> tuple[str, str]:

@@ -66,7 +66,8 @@ def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: i
                 group_id=group_id, seed=seed, data=space.data, teacher=space.teacher.spec if teacher else None,
                 runs=chunk, storage=space.root, device=execution.device, threads=threads,
                 teacher_cache=execution.teacher_cache, gpu_share=space.file.resources.gpu or None,
-                save_final=execution.save_final,
+                # a teacher trained in the experiment is read from its final.pt by every group: always kept
+                save_final=execution.save_final or not teacher,
                 precision=execution.precision, channels_last=execution.channels_last, compile=execution.compile,
                 fuse_students=execution.fuse_students,
             ))
