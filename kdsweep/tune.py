@@ -1,15 +1,23 @@
 """The only module that imports Ray: student groups as Ray Tune trials.
 
 One trial = one student group (`kdsweep.engine.run_group`) in a long-lived process. Trials report once per epoch.
-Resume does not depend on Tune's experiment snapshot (taken only every ~10 s, see ray-2.60.md pitfall 1): every
-trial resumes its students from kdsweep's own checksummed checkpoints, so Tune's `FailureConfig` retries and a new
-`kdsweep run` after a crash both continue where the work stopped.
+
+Checkpoints: the students' weights live in kdsweep's own checksummed checkpoints under the experiment
+(`runs/<run_id>/checkpoints/`), written by the group whatever runs it. Whenever some of them are new, the trial
+reports a Tune checkpoint that points at them (`kdsweep-group.json`: per student its epochs done, file and
+sha256), so Tune's records know each trial's resume point. When Tune retries a crashed trial
+(`FailureConfig`), the trainable gets that pointer back from `tune.get_checkpoint()`, says so, and the group
+checks every student resumes at least that far. A new `kdsweep run` after the driver itself died starts a new
+Tuner (a restored one would replay Tune's experiment snapshot, taken only every few seconds - ray-2.60.md
+pitfall 1) and the groups find the same checkpoints on their own, so both routes continue where the work stopped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -196,23 +204,54 @@ def shutdown() -> None:
     _STARTED_HERE.clear()
 
 
+POINTER_FILE = "kdsweep-group.json"  # inside a trial's Tune checkpoint: where each student's weights are
+
+
+def _restored_pointer() -> dict[str, dict]:
+    """The student checkpoints of the Tune checkpoint this trial was restored from (Tune's retry), else {}."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / POINTER_FILE
+        return json.loads(path.read_text())["students"] if path.exists() else {}
+
+
+def _report_with_pointer(metrics: dict, pointer: dict, group_id: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="kdsweep-tune-") as folder:
+        (Path(folder) / POINTER_FILE).write_text(json.dumps({"group_id": group_id, "students": pointer}, indent=1))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))  # persisted before it returns
+
+
 def _group_trainable(config: dict, specs: dict) -> None:
     spec = GroupSpec.from_dict(specs[config["group_id"]])
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node trains the group (hosts can repeat)
     _require_visible_storage(spec.storage, node_id)
     started = time.time()
     reported = []
+    pointer = _restored_pointer()
+    if pointer:
+        at = ", ".join(f"{run_id} at epoch {p['epochs_done']}" for run_id, p in sorted(pointer.items()))
+        print(f"kdsweep: group {spec.group_id} restored by Ray Tune from its checkpoint: {at}", flush=True)
 
     def report(epoch: EpochReport) -> None:
         reported.append(epoch.epoch)
         accs = [s["test_acc"] for s in epoch.students if s["test_acc"] is not None]
-        tune.report({
+        metrics = {
             "epoch": epoch.epoch, "students": len(epoch.students), "remaining": epoch.remaining,
             "mean_acc": sum(accs) / len(accs) if accs else float("nan"),
             "max_acc": max(accs) if accs else float("nan"), "epoch_s": epoch.seconds, "node_id": node_id,
-        })
+        }
+        new = {s["run_id"]: {"epochs_done": s["epoch"], **s["checkpoint"]} for s in epoch.students
+               if s["checkpoint"] and pointer.get(s["run_id"], {}).get("sha256") != s["checkpoint"]["sha256"]}
+        if new:
+            pointer.update(new)
+            _report_with_pointer(metrics, pointer, spec.group_id)
+        else:
+            tune.report(metrics)
 
-    records = run_group(spec, on_epoch=report)
+    records = run_group(spec, on_epoch=report,
+                        expected_epochs={run_id: p["epochs_done"] for run_id, p in pointer.items()})
     if not reported:
         # Every trial reports at least once, also when all its students had finished before (a resumed sweep).
         tune.report({"epoch": max(r["epochs_done"] for r in records), "students": 0, "remaining": 0,
@@ -244,6 +283,8 @@ def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: s
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=1,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            # Tune keeps the newest pointers only; the weights they name are pruned by kdsweep (KEEP = 2).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[_EpochCallback(on_result)],
         ),
     )

@@ -9,6 +9,7 @@ import signal
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ from kdsweep.storage import Store
 from kdsweep.sweep.driver import run_sweep
 from kdsweep.sweep.lock import LOCK_NAME
 from kdsweep.sweep.plan import read_records, resume_epoch
+from kdsweep.sweep.results import trials_frame
 from helpers import save_teacher, tiny_space
 from processes import kill_session, start, wait_for
 
@@ -62,6 +64,11 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     assert manifest["ray_version"].startswith("2.60") and manifest["finished_at"]
     assert manifest["teacher"]["trained_by_kdsweep"] and manifest["teacher"]["test_acc"] is not None
     assert set(manifest["checkpoints"]) == set(trials.student_id)
+    # Each trial's last Tune checkpoint points at its students' final kdsweep checkpoints.
+    by_group = trials.groupby(trials.student_id.map(lambda k: json.loads(
+        (root / "runs" / k / "progress.json").read_text())["group_id"])).student_id
+    for group_id, students in by_group:
+        assert tune_pointer_epochs(root, group_id) == {k: 2 for k in students}
     assert (root / "space.yaml").exists() and not (root / LOCK_NAME).exists()
     results_md = (root / "results.md").read_text()
     assert "| Teacher Arc | Student Arc | Projector type | Distillation Loss |" in results_md
@@ -125,18 +132,31 @@ def reference_histories(space, tmp_path):
     return histories
 
 
+def tune_pointer_epochs(root, group_id) -> dict[str, int]:
+    """Epochs done per student in the newest Tune checkpoint of the group's trial (kdsweep-group.json), if any."""
+    pointers = sorted(root.glob(f"tune/*/{group_id}/checkpoint_*/kdsweep-group.json"))
+    if not pointers:
+        return {}
+    try:
+        students = json.loads(pointers[-1].read_text())["students"]
+    except (OSError, ValueError):  # being written
+        return {}
+    return {run_id: p["epochs_done"] for run_id, p in students.items()}
+
+
 def stored_histories(root, run_ids):
     records = read_records(Store(str(root)), run_ids)
     return {k: [(e["epoch"], e["test_acc"], e["train_loss"]) for e in r.history] for k, r in records.items()}
 
 
 def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(tmp_path):
-    """The driver SIGKILLed during teacher training, then mid-sweep; then a trial's worker SIGKILLed inside a sweep.
+    """The driver SIGKILLed during teacher training, then mid-sweep; then a trial's worker SIGKILLed inside a sweep,
+    just after its trial reported a Tune checkpoint: Tune retries the trial from that checkpoint.
 
     Groups: seed 0 has four students, seed 1 two (the KL cells of seed 1 are excluded), so seed 1 finishes first
     while seed 0 is still mid-way: the second kill finds finished and checkpointed-but-unfinished students.
     """
-    path = write_space(tmp_path, tiny_space(tmp_path / "results", epochs=5, extra="exclude: [{seed: 1, loss: kl}]")
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", epochs=8, extra="exclude: [{seed: 1, loss: kl}]")
                        .replace("train: {epochs: 1,", "train: {epochs: 3,"))
     space = load_space(path)
     teacher_id = space.teacher.training_run.run_id
@@ -181,14 +201,19 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
     # 3. A trial's worker process killed inside a sweep that is then left to finish.
     driver = start(["run", str(path), "--no-report"], tmp_path / "run3.log")
     try:
+        last = space.runs[0].recipe.epochs
+
         def worker_with_checkpoint():
+            """A resumed student whose new checkpoint its trial has just reported to Tune, with two epochs to go."""
             for k, epoch in checkpointed.items():
                 r = records()[k]
-                if r.status == "running" and r.resumed_from and r.epochs_done > epoch and resume_epoch(store, k) > epoch:
-                    return k, r.pid, resume_epoch(store, k)
+                reported = tune_pointer_epochs(root, r.group_id).get(k, 0)
+                if r.status == "running" and r.resumed_from and epoch < reported == r.epochs_done <= last - 2:
+                    return k, r.pid, reported
             return None
 
         killed_run, worker, _ = wait_for(worker_with_checkpoint, 240, "a resumed student's next checkpoint")
+        time.sleep(0.3)  # into the next epoch: Tune commits a reported checkpoint just after the report returns
         os.kill(worker, signal.SIGKILL)
         # What the dead worker left (Ray needs seconds to start the retry): its students' statuses and checkpoints.
         group = [k for k, r in records().items() if r and r.pid == worker]
@@ -196,12 +221,18 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
         assert driver.wait(timeout=300) == 0, (tmp_path / "run3.log").read_text()[-3000:]
     finally:
         kill_session(driver.pid)
-    assert "taking over the lock of a process that is gone" in (tmp_path / "run3.log").read_text()
+    log3 = (tmp_path / "run3.log").read_text()
+    assert "taking over the lock of a process that is gone" in log3
+    killed_group = records()[killed_run].group_id
+    assert f"kdsweep: group {killed_group} restored by Ray Tune from its checkpoint: " in log3, log3[-3000:]
 
     recs = records()
     assert {r.status for r in recs.values()} == {"completed"}
     assert {k: store.read_bytes(f"runs/{k}/progress.json") for k in finished} == frozen, "finished students re-ran"
     for run_id, epoch in checkpointed.items():
+        if epoch == space.runs[0].recipe.epochs:  # killed between its final checkpoint and its progress record:
+            assert recs[run_id].resumed_from == [], run_id  # the records caught up, nothing trained again
+            continue
         assert recs[run_id].resumed_from[0] == epoch, f"{run_id} did not resume from its epoch-{epoch} checkpoint"
     retried = {k: epoch for k, (status, epoch) in at_kill.items() if status != "completed" and epoch}
     assert killed_run in group and retried, f"the worker died after its students finished: {at_kill}"
@@ -210,6 +241,10 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
     assert stored_histories(root, ids) == reference_histories(space, tmp_path)
     trials = pd.read_parquet(root / "trials.parquet")
     assert len(trials) == 6 and set(trials.status) == {"completed"}
+    # The final table is the uninterrupted run's, but for where and how long each student trained.
+    uninterrupted = trials_frame(space, read_records(Store(str(tmp_path / "reference")), ids), live=False)
+    same = [c for c in uninterrupted.columns if c not in ("wall_s", "group_id")]
+    pd.testing.assert_frame_equal(trials[same], uninterrupted[same])
 
 
 def run_cli(*args, cwd=None):

@@ -43,8 +43,13 @@ class EpochReport:
     remaining: int  # students of the group still training
 
 
-def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = None) -> list[dict]:
-    """Train every unfinished student of `spec` to completion; returns their final records."""
+def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = None,
+              expected_epochs: dict[str, int] | None = None) -> list[dict]:
+    """Train every unfinished student of `spec` to completion; returns their final records.
+
+    `expected_epochs` (run id -> epochs done) is where a caller last saw each student checkpointed (Ray Tune's
+    restored trial checkpoint): a student whose newest good checkpoint is older is resumed from that one, with a
+    warning, since the newer checkpoints were damaged or lost."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = resolve_device(spec.device)
@@ -59,6 +64,10 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store, fast) for r in spec.runs]
     for t in trainers:
         t.resume()
+        expected = (expected_epochs or {}).get(t.run.run_id, 0)
+        if t.record.epochs_done < expected:
+            warnings.warn(f"{t.run.run_id} was checkpointed at epoch {expected}, but its newest good checkpoint in "
+                          f"{store.location(t.folder)} is epoch {t.record.epochs_done}: continuing from there")
         if spec.save_final and t.record.status == "completed" and not store.exists(f"{t.folder}/final.pt"):
             t.save_final()  # stopped between its final checkpoint and final.pt
     active = [t for t in trainers if not t.finished]
@@ -131,7 +140,8 @@ def _summary(t: StudentTrainer) -> dict:
     r = t.record
     last = r.history[-1] if r.history else {}
     return {"run_id": r.run_id, "status": r.status, "epoch": r.epochs_done, "test_acc": r.last_acc,
-            "best_acc": r.best_acc, "train_loss": last.get("train_loss"), "masked_frac": last.get("masked_frac")}
+            "best_acc": r.best_acc, "train_loss": last.get("train_loss"), "masked_frac": last.get("masked_frac"),
+            "checkpoint": r.checkpoint}
 
 
 def measure_teacher_accuracy(teacher: FeatureModel, sha: str, inputs: torch.Tensor, labels: torch.Tensor,

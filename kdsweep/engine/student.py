@@ -86,7 +86,7 @@ class EpochTotals:
 class StudentTrainer:
     def __init__(self, run: RunSpec, group_id: str, teacher: FeatureModel | None, num_classes: int,
                  device: torch.device, store: Store, fast: FastPath = FastPath()):
-        self.run, self.store, self.device, self.fast = run, store, device, fast
+        self.run, self.group_id, self.store, self.device, self.fast = run, group_id, store, device, fast
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             model = create_model(run.student_arch, num_classes=num_classes)
@@ -131,7 +131,8 @@ class StudentTrainer:
             self.write_progress()
             return
         self.record.resumed_from.append(self.record.epochs_done)
-        self.record.host, self.record.pid = socket.gethostname(), os.getpid()
+        # Where it trains now: a resumed student joins whichever group the new sweep packed it into.
+        self.record.group_id, self.record.host, self.record.pid = self.group_id, socket.gethostname(), os.getpid()
 
     # Training --------------------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
