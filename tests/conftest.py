@@ -24,3 +24,39 @@ def ray_session():
              logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+# Every Ray process the suite starts must be gone when it ends (never `ray stop`: tests stop what they started).
+_RAY_DAEMONS = (b"raylet", b"gcs_server", b"ray::", b"default_worker.py", b"dashboard/agent.py", b"log_monitor.py")
+
+
+def _ray_processes() -> dict[int, str]:
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if any(name in cmdline for name in _RAY_DAEMONS):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:120]
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config._ray_before = _ray_processes()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import time
+
+    before = session.config._ray_before
+    deadline = time.time() + 20  # Ray's processes exit a few seconds after their session is shut down
+    while (left := {p: c for p, c in _ray_processes().items() if p not in before}) and time.time() < deadline:
+        time.sleep(0.5)
+    if left:
+        lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+        print(f"\nRay processes started by the tests are still running:\n{lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

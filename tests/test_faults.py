@@ -56,3 +56,49 @@ def test_read_only_storage_is_refused_before_anything_starts(tmp_path):
         done = kdsweep("run", str(space))
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert f"cannot write to the experiment folder {storage}/tiny: Read-only file system" in done.stderr
+
+
+RACER = """
+import os, sys, time
+from pathlib import Path
+from kdsweep.errors import UserError
+from kdsweep.storage import Store
+from kdsweep.sweep.lock import ExperimentLock
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+try:
+    with ExperimentLock(Store(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(1.5)
+except UserError:
+    print("refused", flush=True)
+"""
+
+
+def test_runs_racing_for_a_dead_holders_lock_leave_exactly_one_holder(tmp_path):
+    """Six drivers start at once on an experiment whose lock names a process that is gone: one takes it over,
+    the others are refused while it lives (the kernel's flock, not a pid check, decides)."""
+    import socket
+
+    from kdsweep.sweep.lock import LOCK_NAME
+
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname(), "started_at": 0}))
+    go = tmp_path / "go"
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(root), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    try:
+        import time
+
+        time.sleep(3)  # every racer imported kdsweep and waits for the start
+        go.write_text("")
+        outputs = [r.communicate(timeout=60) for r in racers]
+    finally:
+        for r in racers:
+            r.kill()
+    said = sorted(out.strip() for out, _ in outputs)
+    assert said == ["held"] + ["refused"] * 5, outputs
+    assert sum("taking over the lock of a process that is gone" in err for _, err in outputs) == 1
+    assert not (root / LOCK_NAME).exists()

@@ -5,6 +5,7 @@ own embedded Ray in a new session, and stop exactly that session's processes.
 """
 
 import json
+import re
 import signal
 import os
 import subprocess
@@ -19,11 +20,11 @@ from kdsweep.errors import UserError
 from kdsweep.space import load_space
 from kdsweep.storage import Store
 from kdsweep.sweep.driver import run_sweep
-from kdsweep.sweep.lock import LOCK_NAME
+from kdsweep.sweep.lock import LOCK_NAME, ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records, resume_epoch
 from kdsweep.sweep.results import trials_frame
 from helpers import save_teacher, tiny_space
-from processes import kill_session, start, wait_for
+from processes import kill_session, session_pids, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,15 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     capsys.readouterr()
     assert main(["status", str(root)]) == 0
     assert "8/8 students done, 0 running, 0 pending, 16/16 student-epochs" in capsys.readouterr().out
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True)
+    try:  # while a sweep holds the experiment, status says so and how long it has been going
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["status", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert "- a sweep is running" in out and re.search(r"16/16 student-epochs, elapsed \d+s\n", out), out
+    finally:
+        holder.kill()
+        holder.wait()
     (root / "results.md").unlink()
     assert main(["report", f"file://{root}", "--format", "csv"]) == 0
     assert "| Teacher Arc | Student Arc |" in capsys.readouterr().out
@@ -263,18 +273,82 @@ def test_gpu_requested_on_a_machine_without_one_is_refused_before_ray_starts(tmp
 
 
 def test_a_second_run_on_the_same_experiment_is_refused(tmp_path):
+    """A real holder: another process that took the experiment's lock and is still alive."""
     teacher = save_teacher(tmp_path / "t.pth")
     path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher))
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    root = tmp_path / "results" / "tiny"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True)
     try:
-        lock = tmp_path / "results" / "tiny" / LOCK_NAME
-        lock.parent.mkdir(parents=True)
-        import socket
-
-        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started_at": 0}))
+        assert holder.stdout.readline().strip() == "locked"
         out = run_cli("run", str(path))
         assert out.returncode == 2
-        assert f"experiment {lock.parent} is in use by another `kdsweep run` (pid {holder.pid}" in out.stderr
-        assert out.stdout.strip() == "NO_RAY" and lock.exists()
+        assert f"experiment {root} is in use by another `kdsweep run` (pid {holder.pid}" in out.stderr
+        assert out.stdout.strip() == "NO_RAY" and (root / LOCK_NAME).exists()
+        assert is_held(Store(str(root)))
+        assert ExperimentLock(Store(str(root))).holder()["pid"] == holder.pid  # the refused run left it alone
     finally:
         holder.kill()
+        holder.wait()
+    # The kernel dropped the dead holder's lock: the next run takes it over, says so, and releases it at the end.
+    assert not is_held(Store(str(root)))
+    with ExperimentLock(Store(str(root))) as lock:
+        assert lock.holder()["pid"] == os.getpid()
+    assert not (root / LOCK_NAME).exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from kdsweep.storage import Store
+from kdsweep.sweep.lock import ExperimentLock
+ExperimentLock(Store(sys.argv[1])).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_eta_is_the_time_left_at_the_sweeps_rate_so_far():
+    from kdsweep.engine import RunRecord
+    from kdsweep.sweep.progress import Summary, epochs_since, eta_seconds
+
+    def record(*finished_at):
+        return RunRecord(run_id="r", group_id="g", epochs=4, history=[{"finished_at": t} for t in finished_at])
+
+    records = {"a": record(10.0, 20.0, 30.0), "b": record(5.0), "c": None}
+    assert epochs_since(records, 20.0) == 2 and epochs_since(records, 0.0) == 4
+    summary = Summary(total=3, counts={"running": 2, "pending": 1}, epochs_done=4, epochs_total=12)
+    assert eta_seconds(summary, elapsed_s=40.0, epochs_gained=2) == 160.0  # 8 epochs left at 20 s each
+    assert eta_seconds(summary, elapsed_s=40.0, epochs_gained=0) is None
+    assert summary.line(40.0, 160.0).endswith("4/12 student-epochs, elapsed 40s, ETA 2m40s")
+
+
+def test_ctrl_c_keeps_the_work_and_the_same_command_resumes_it(tmp_path):
+    """SIGINT (Ctrl-C) to the driver: Tune stops the trials, the tables are exported, the lock is released, the
+    exit code is 130 with a resume hint, no process of the run is left; the same command then finishes the rest."""
+    teacher = save_teacher(tmp_path / "t.pth")
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, epochs=6, seeds=(0,)))
+    space = load_space(path)
+    root = tmp_path / "results" / "tiny"
+    store = Store(str(root))
+    ids = [r.run_id for r in space.runs]
+    driver = start(["run", str(path), "--no-report"], tmp_path / "interrupted.log")
+    try:
+        wait_for(lambda: all((r := rec) and r.checkpoint and r.status == "running"
+                             for rec in read_records(store, ids).values()), 240, "every student checkpointed")
+        os.kill(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=120) == 130
+        wait_for(lambda: not session_pids(driver.pid), 30, "the interrupted run's processes to end")
+    finally:
+        kill_session(driver.pid)
+    log = (tmp_path / "interrupted.log").read_text()
+    assert "kdsweep: interrupted; finished work is kept - run the same command again to resume." in log
+    assert "Traceback" not in log
+    assert not (root / LOCK_NAME).exists()
+    trials = pd.read_parquet(root / "trials.parquet")
+    assert set(trials.status) == {"pending"} and (trials.epochs_done > 0).all()  # resumable, with their epochs
+    stopped_at = {k: resume_epoch(store, k) for k in ids}
+
+    again = run_cli("run", str(path), "--no-report")
+    assert again.returncode == 0, again.stderr[-3000:]
+    records = read_records(store, ids)
+    assert {r.status for r in records.values()} == {"completed"}
+    assert {k: r.resumed_from[0] for k, r in records.items()} == stopped_at

@@ -191,6 +191,7 @@ class StudentTrainer:
             "masked_frac": 1.0 - totals["kept"] / samples if "kept" in totals else None,
             "images_per_s": images_seen / seconds if seconds > 0 else None,
             "wall_s": seconds,
+            "finished_at": time.time(),  # unix seconds: `kdsweep status` derives the sweep's rate from these
         }
         self.record.add_epoch(entry)
         if not math.isfinite(entry["train_loss"]):

@@ -52,6 +52,18 @@ def summarise(space: Space, records: dict[str, RunRecord | None], live: bool) ->
     return Summary(len(space.runs), counts, done, sum(r.recipe.epochs for r in space.runs))
 
 
+def eta_seconds(summary: Summary, elapsed_s: float, epochs_gained: int) -> float | None:
+    """Time left at the rate this sweep has worked so far (student-epochs gained over elapsed seconds)."""
+    if epochs_gained <= 0 or elapsed_s <= 0:
+        return None
+    return (summary.epochs_total - summary.epochs_done) * elapsed_s / epochs_gained
+
+
+def epochs_since(records: dict[str, RunRecord | None], since: float) -> int:
+    """Student-epochs that finished at or after `since` (unix seconds), from the records' histories."""
+    return sum(1 for rec in records.values() if rec for e in rec.history if e.get("finished_at", 0) >= since)
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -81,8 +93,6 @@ class ProgressPrinter:
         self.last = now
         summary = self._summary()
         elapsed = now - self.started
-        gained = summary.epochs_done - self.start_epochs
-        remaining = summary.epochs_total - summary.epochs_done
-        eta = remaining * elapsed / gained if gained > 0 else None
+        eta = eta_seconds(summary, elapsed, summary.epochs_done - self.start_epochs)
         print(f"kdsweep: {summary.line(elapsed, eta)}", file=sys.stderr, flush=True)
         results.export(self.space, self.store, live=True)

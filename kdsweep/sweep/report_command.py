@@ -7,14 +7,14 @@ from pathlib import Path
 
 from kdsweep.storage import Store
 from kdsweep.sweep import results
-from kdsweep.sweep.status import is_live
+from kdsweep.sweep.lock import is_held
 
 
 def report_experiment(location: str, select: str | None = None, fmt: str | None = None) -> str:
     store = Store(location)
     if store.exists("space.yaml"):
         space, store = results.open_experiment(location)
-        results.export(space, store, live=is_live(store))
+        results.export(space, store, live=is_held(store))
     report = build_report_in(store, select=select, fmt=fmt)
     return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from kdsweep.storage import Store
+import time
+
 from kdsweep.sweep import results
-from kdsweep.sweep.lock import LOCK_NAME, holder_alive
+from kdsweep.sweep.lock import ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records
-from kdsweep.sweep.progress import summarise
+from kdsweep.sweep.progress import epochs_since, eta_seconds, summarise
 
 
 def experiment_location(target: str) -> str:
@@ -18,23 +19,19 @@ def experiment_location(target: str) -> str:
     return target
 
 
-def is_live(store: Store) -> bool:
-    """True while a `kdsweep run` holds the experiment's lock."""
-    if not store.exists(LOCK_NAME):
-        return False
-    try:
-        return holder_alive(store.read_json(LOCK_NAME))
-    except (ValueError, OSError):
-        return True
-
-
 def status_text(target: str) -> str:
     space, store = results.open_experiment(experiment_location(target))
-    live = is_live(store)
+    live = is_held(store)
     records = read_records(store, [r.run_id for r in space.runs])
     summary = summarise(space, records, live)
+    elapsed = eta = None
+    if live:  # the running sweep's elapsed time and, at its rate so far, the time left
+        started = (ExperimentLock(store).holder() or {}).get("started_at")
+        if started:
+            elapsed = time.time() - started
+            eta = eta_seconds(summary, elapsed, epochs_since(records, started))
     lines = [f"{space.file.experiment} ({store.root}){' - a sweep is running' if live else ''}",
-             f"  {summary.line()}"]
+             f"  {summary.line(elapsed, eta)}"]
     trials = results.trials_frame(space, records, live)
     for status in ("running", "failed", "diverged"):
         rows = trials[trials.status == status]
