@@ -2,6 +2,7 @@
 no traceback, and no Ray started. The corpus lives in tests/bad_inputs/; checkpoints are generated here."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 from helpers import save_teacher
 
 CORPUS = Path(__file__).parent / "bad_inputs"
+# The corpus's "GPU asked for where there is none" must hold on a GPU machine too, and nothing may join a cluster.
+NO_GPU_NO_CLUSTER = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "CUDA_VISIBLE_DEVICES": ""}
 
 # file -> substrings the message must contain (besides the file name, checked for every case)
 EXPECTED = {
@@ -35,7 +38,7 @@ EXPECTED = {
     "lr_string.yaml": ["axes.lr[0]: Input should be a valid number; got '0.01'"],
     "empty_axes.yaml": ["axes.loss: List should have at least 1 item", "axes.seed: List should have at least 1 item"],
     "duplicate_variants.yaml": ["duplicate key 'simkd' (first at line 8)"],
-    "rules_remove_everything.yaml": ["exclude[0].taps_unused: unknown rule key 'taps_unused'; known: loss, lr, seed, variant"],
+    "rule_with_unknown_key.yaml": ["exclude[0].taps_unused: unknown rule key 'taps_unused'; known: loss, lr, seed, variant"],
     "rules_remove_all_cells.yaml": ["include/exclude: these rules remove every cell: nothing would run"],
     "baseline_variant_missing.yaml": ["baseline.variant: unknown variant 'labels'; known: multi, simkd"],
     "seeds_not_integers.yaml": ["axes.seed[0]: Input should be a valid integer; got 0.5",
@@ -66,7 +69,7 @@ print(json.dumps({"cases": out, "ray_imported": "ray" in sys.modules}))
 
 def run_cases(cases: list[list[str]], cwd: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env=NO_GPU_NO_CLUSTER)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -123,4 +126,35 @@ def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
     mismatch = result["cases"][1]["stderr"]
     assert "unexpected keys: layer1.1.conv1.weight, layer1.1.bn1.weight" in mismatch  # the first mismatched keys
     assert not Path("/tmp/kdsweep-checkpoint-pwned").exists()
-    assert good  # the same space with the good checkpoint is what the sweep tests run
+    # The same space with a good checkpoint passes every check (the refusals above are the checkpoints' doing).
+    from kdsweep.space import load_space
+    from kdsweep.sweep.preflight import preflight
+
+    good_space = tmp_path / "good.yaml"
+    good_space.write_text(spaces[0].read_text().replace(str(tmp_path / "missing.pth"), good))
+    preflight(load_space(good_space), address=None)
+
+
+def test_a_partial_or_truncated_dataset_is_refused_before_ray_starts(tmp_path):
+    """CIFAR-100 folders with a file missing, or with a truncated training file: one message naming what is wrong
+    and the layout expected, before Ray starts."""
+    from kdsweep.data import write_cifar100_archive
+
+    images = torch.zeros(20, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.arange(20) % 100
+    partial, truncated = tmp_path / "partial", tmp_path / "truncated"
+    for root in (partial, truncated):
+        write_cifar100_archive(root, images[:10], labels[:10], images[10:], labels[10:])
+    (partial / "cifar-100-python" / "test").unlink()
+    train = truncated / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:1000])
+    space = CORPUS / "dataset_missing.yaml"
+    result = run_cases([["run", str(space), "--set", f"dataset.root={root}", "--set", f"storage={tmp_path / 'out'}"]
+                        for root in (partial, truncated)], tmp_path)
+    assert not result["ray_imported"]
+    (missing, cut) = (case["stderr"] for case in result["cases"])
+    assert all(case["code"] == 2 for case in result["cases"]) and "Traceback" not in missing + cut
+    assert f"dataset.root: CIFAR-100 not found: missing {partial}/cifar-100-python/test." in missing
+    assert "cifar-100-python/train, test and meta" in missing  # the layout expected
+    assert f"{space}: dataset.root: " in cut and str(train) in cut, cut
+    assert not (tmp_path / "out").exists()

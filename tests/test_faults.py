@@ -102,3 +102,24 @@ def test_runs_racing_for_a_dead_holders_lock_leave_exactly_one_holder(tmp_path):
     assert said == ["held"] + ["refused"] * 5, outputs
     assert sum("taking over the lock of a process that is gone" in err for _, err in outputs) == 1
     assert not (root / LOCK_NAME).exists()
+
+
+def test_a_report_on_a_full_disk_names_the_path_and_keeps_the_tables(tmp_path):
+    """The inputs fit, the plots do not: `kdsweep report` exits 2 naming the file, without a traceback, and the
+    tables it read are untouched."""
+    from test_report import golden_trials, manifest, write_experiment
+
+    source = write_experiment(tmp_path / "source", golden_trials(), manifest())
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    room_kb = sum(len(data) // 1024 + 8 for data in before.values()) + 8  # the inputs, page-rounded, and 8 kB
+    with tmpfs(tmp_path / "full", f"size={room_kb}k") as out:
+        exp = out / "exp"
+        exp.mkdir()
+        for name, data in before.items():
+            (exp / name).write_bytes(data)
+        done = kdsweep("report", str(exp))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"cannot write {exp}/plots/acc_vs_lr.png: No space left on device" in done.stderr
+        assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
+        assert not list(exp.rglob("*.tmp"))

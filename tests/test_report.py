@@ -291,6 +291,11 @@ def test_missing_and_running_seeds_mark_the_cell_incomplete():
     assert cells.loc["multi-l2-0.01", "status"] == "n=2/3: 1 running"
     assert cells.loc["multi-l2-0.05", "status"] == "n=2/3: 1 missing"
     assert cells.loc["simkd-l2-0.01", "status"] == "complete"
+    # A seed the space itself excluded is not missing: the manifest says how many runs each cell planned.
+    planned = {"simkd-l2-0.01": 3, "multi-l2-0.01": 3, "multi-l2-0.05": 2}
+    cells = build_report(frame(rows), pd.DataFrame(), small_manifest(runs_per_cell=planned)).cells.set_index("cell_id")
+    assert cells.loc["multi-l2-0.05", "status"] == "complete" and cells.loc["multi-l2-0.05", "n_planned"] == 2
+    assert cells.loc["multi-l2-0.01", "status"] == "n=2/3: 1 running"
     assert row_for(report, "Multiple projector (bias)").endswith("| 75.62 ± 0.03 (n=2/3) | 75.43 (yes) |")
     assert "| n=2/3: 1 running |" in report.markdown
     assert "Partial sweep" in report.markdown

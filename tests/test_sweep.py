@@ -63,6 +63,7 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     assert len(epochs) == 16 and sorted(epochs.epoch.unique()) == [1, 2]
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["ray_version"].startswith("2.60") and manifest["finished_at"]
+    assert manifest["report"]["runs_per_cell"] == {cell: 2 for cell in trials.cell_id}  # seeds per cell, for the report
     assert manifest["teacher"]["trained_by_kdsweep"] and manifest["teacher"]["test_acc"] is not None
     assert set(manifest["checkpoints"]) == set(trials.student_id)
     # Each trial's last Tune checkpoint points at its students' final kdsweep checkpoints.
@@ -260,7 +261,9 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
 def run_cli(*args, cwd=None):
     code = ("import sys; from kdsweep.cli import main; rc = main(sys.argv[1:]); "
             "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY'); sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "CUDA_VISIBLE_DEVICES": ""}  # as here
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env=env)
 
 
 def test_gpu_requested_on_a_machine_without_one_is_refused_before_ray_starts(tmp_path):

@@ -12,7 +12,7 @@
 
 from kdsweep.report.aggregate import cell_table, headline_rows, prepare_trials
 from kdsweep.report.experiment import Report, build_report, write_report
-from kdsweep.report.export import FORMATS, cells_csv, cells_json, export_cells
+from kdsweep.report.export import FORMATS, cells_csv, cells_json, cells_text
 from kdsweep.report.settings import SELECTS, Settings, settings_from_manifest
 from kdsweep.report.stats import confidence_interval, t_cdf, t_ppf, welch_t_test
 from kdsweep.report.tables import HEADLINE_COLUMNS, headline_markdown
@@ -27,8 +27,8 @@ __all__ = [
     "cell_table",
     "cells_csv",
     "cells_json",
+    "cells_text",
     "confidence_interval",
-    "export_cells",
     "headline_markdown",
     "headline_rows",
     "prepare_trials",

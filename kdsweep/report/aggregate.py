@@ -103,7 +103,7 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
         cell = trials[in_cell]
         first = cell.iloc[0]
         counts = outcome[in_cell].value_counts()
-        n_planned = max(len(cell), len(settings.seeds))
+        n_planned = max(len(cell), settings.runs_per_cell.get(cell_id) or len(settings.seeds))
         row = {
             "variant": first["variant"],
             "title": first["title"],

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from matplotlib.figure import Figure
 from kdsweep.errors import UserError
 from kdsweep.report.aggregate import cell_table, headline_rows, prepare_trials
 from kdsweep.report.document import results_markdown
-from kdsweep.report.export import check_format, export_cells
-from kdsweep.report.plots import DPI, figures
+from kdsweep.report.export import cells_text, check_format
+from kdsweep.report.plots import figures, png_bytes
 from kdsweep.report.settings import check_select, settings_from_manifest
 from kdsweep.report.tables import headline_markdown
+from kdsweep.storage import Store
 
 TRIALS, EPOCHS, MANIFEST, RESULTS = "trials.parquet", "epochs.parquet", "manifest.json", "results.md"
 
@@ -79,12 +79,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(exp_dir: str | Path, select: str | None = None, fmt: str | None = None) -> Report:
     """Read an experiment folder, write results.md, plots/acc_vs_lr.png, plots/curves.png and (fmt) cells.<fmt>.
 
@@ -101,13 +95,11 @@ def write_report(exp_dir: str | Path, select: str | None = None, fmt: str | None
     if select is None:
         select = str((manifest.get("report") or {}).get("select") or "best")
     report = build_report(trials, epochs, manifest, check_select(select))
-    plots = exp_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    # Through Store: every file is written atomically, and a full or read-only disk is a UserError naming it.
+    store = Store(str(exp_dir))
     for name, fig in report.figures.items():
-        tmp = plots / f"{name}.tmp.png"
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, plots / f"{name}.png")
-    _write_text(exp_dir / RESULTS, report.markdown)
+        store.write_bytes(f"plots/{name}.png", png_bytes(fig))
+    store.write_bytes(RESULTS, report.markdown.encode())
     if fmt is not None:
-        export_cells(report.cells, exp_dir / f"cells.{fmt}", fmt)
+        store.write_bytes(f"cells.{fmt}", cells_text(report.cells, fmt).encode())
     return report

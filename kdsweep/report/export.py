@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,9 +39,6 @@ def cells_json(cells: pd.DataFrame) -> str:
     return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
 
 
-def export_cells(cells: pd.DataFrame, path: str | Path, fmt: str) -> Path:
-    """Write the cell table to `path` as `fmt` (csv or json); returns the path."""
-    path = Path(path)
-    text = cells_csv(cells) if check_format(fmt) == "csv" else cells_json(cells)
-    path.write_text(text, encoding="utf-8")
-    return path
+def cells_text(cells: pd.DataFrame, fmt: str) -> str:
+    """The cell table as `fmt` (csv or json)."""
+    return cells_csv(cells) if check_format(fmt) == "csv" else cells_json(cells)

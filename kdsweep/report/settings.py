@@ -30,6 +30,9 @@ class Settings:
     variant_order: tuple[str, ...] = ()
     loss_order: tuple[str, ...] = ()
     seeds: tuple[Any, ...] = ()
+    # Runs the space planned per cell (its seeds after include/exclude); a cell with fewer rows is missing some.
+    # Without it (tables from elsewhere) a cell is expected to have a run for every seed.
+    runs_per_cell: dict[str, int] = field(default_factory=dict)
     select: str = "best"
     teacher_arch: str | None = None  # fallbacks when trials.parquet lacks the teacher / student columns
     student_arch: str | None = None
@@ -100,6 +103,7 @@ def settings_from_manifest(manifest: dict[str, Any]) -> Settings:
         variant_order=tuple(order),
         loss_order=tuple(str(x) for x in (report.get("losses") or [])),
         seeds=tuple(report.get("seeds") or ()),
+        runs_per_cell={str(k): int(v) for k, v in (report.get("runs_per_cell") or {}).items()},
         select=str(report.get("select") or "best"),
         teacher_arch=_arch(manifest.get("teacher")),
         student_arch=_arch(manifest.get("student")),

@@ -49,6 +49,14 @@ def check_dataset(space: Space) -> None:
         where = (f"missing {', '.join(str(root / FOLDER / n) for n in missing)}" if root.is_dir()
                  else f"the directory {root} does not exist")
         raise UserError(f"{space.source}: dataset.root: CIFAR-100 not found: {where}. " + layout_help(root))
+    # Read it once here (a second or two for CIFAR-100), so that truncated or foreign files are one message now
+    # rather than every trial failing on them after Ray has started.
+    from kdsweep.data import load_dataset
+
+    try:
+        load_dataset(data)
+    except UserError as err:
+        raise UserError(f"{space.source}: dataset.root: {err}") from None
 
 
 def check_teacher_checkpoint(space: Space) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import platform
+from collections import Counter
 import subprocess
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ def report_settings(space: Space) -> dict:
         "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()],
         "losses": list(f.axes.loss),
         "seeds": list(f.axes.seed),
+        "runs_per_cell": dict(Counter(r.labels["cell_id"] for r in space.runs)),
     }
 
 
