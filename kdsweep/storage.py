@@ -15,6 +15,8 @@ from pathlib import Path
 
 from kdsweep.errors import UserError
 
+TEMP_SUFFIX = ".tmp"  # local writes go to `.<name>.<random>.tmp` first, then are renamed over `<name>`
+
 
 def is_uri(location: str) -> bool:
     return "://" in location
@@ -103,13 +105,21 @@ class Store:
         elif self.exists(rel):
             self._fs.delete_file(self._full(rel))
 
+    def delete_unfinished_writes(self, folder: str) -> None:
+        """Remove the temporary files that writes into `folder` left when their process was killed mid-write.
+        Only for a folder this process alone writes to (a run's folder, by the group that trains the run): another
+        writer's temporary file is its write in flight. Object stores leave none."""
+        if self._fs is None and Path(self.root, folder).is_dir():
+            for debris in Path(self.root, folder).glob(f".*{TEMP_SUFFIX}"):
+                debris.unlink(missing_ok=True)
+
     def _full(self, rel: str) -> str:
         return f"{self._base}/{rel}".rstrip("/")
 
 
 def _atomic_local_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

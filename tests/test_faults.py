@@ -123,3 +123,55 @@ def test_a_report_on_a_full_disk_names_the_path_and_keeps_the_tables(tmp_path):
         assert f"cannot write {exp}/plots/acc_vs_lr.png: No space left on device" in done.stderr
         assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
         assert not list(exp.rglob("*.tmp"))
+
+
+def _killed_while_writing(args, out, pattern, after, log):
+    """Start `kdsweep train ARGS --out OUT` and SIGKILL it the moment a new temporary file matching `pattern`
+    exists (a write in flight: Store writes a temporary file, then renames it) once a file matching `after`
+    does; returns whether that moment came."""
+    import os
+    import signal
+    import time
+
+    from processes import kill_session, start
+
+    before = set(out.glob(pattern))  # what an earlier kill left (the run deletes it when it resumes)
+    proc = start(["train", *args, "--out", str(out)], log)
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if set(out.glob(pattern)) - before and any(out.glob(after)):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+        return False
+    finally:
+        kill_session(proc.pid)
+
+
+def test_killed_during_checkpoint_and_progress_writes_a_run_ends_like_an_uninterrupted_one(tmp_path):
+    """SIGKILL lands while the epoch-2 and then the epoch-4 checkpoint is being written, then while the progress
+    record after epoch 4 is: each restart resumes from the last good checkpoint (1, 3, 4), leaves no debris,
+    and the final weights and history are the uninterrupted run's."""
+    from test_engine import assert_same_run
+
+    args = ["--student", "resnet8x4", "--dataset", "synthetic", "--train-size", "64", "--test-size", "32",
+            "--batch-size", "32", "--epochs", "5", "--checkpoint-every", "1", "--threads", "1"]
+    straight = kdsweep("train", *args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "killed"
+    checkpoints = "runs/*/checkpoints"
+    kills = [
+        _killed_while_writing(args, out, f"{checkpoints}/.epoch-0002.pt.*.tmp", "runs/*", tmp_path / "kill0.log"),
+        _killed_while_writing(args, out, f"{checkpoints}/.epoch-0004.pt.*.tmp", "runs/*", tmp_path / "kill1.log"),
+        _killed_while_writing(args, out, "runs/*/.progress.json.*.tmp", f"{checkpoints}/epoch-0004.pt.sha256",
+                              tmp_path / "kill2.log"),
+    ]
+    assert kills == [True, True, True], "every kill landed inside a write"
+    resumed = kdsweep("train", *args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    record = json.loads((run_dir / "progress.json").read_text())
+    assert record["status"] == "completed" and record["resumed_from"] == [1, 3, 4]
+    assert_same_run(tmp_path / "straight", out, run_dir.name)
+    assert not list(out.rglob("*.tmp")), "the writes the kills cut short left no debris behind"

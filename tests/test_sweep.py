@@ -4,6 +4,7 @@ In-process tests share one session-scoped local Ray; the kill tests start `kdswe
 own embedded Ray in a new session, and stop exactly that session's processes.
 """
 
+import hashlib
 import json
 import re
 import signal
@@ -65,7 +66,10 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     assert manifest["ray_version"].startswith("2.60") and manifest["finished_at"]
     assert manifest["report"]["runs_per_cell"] == {cell: 2 for cell in trials.cell_id}  # seeds per cell, for the report
     assert manifest["teacher"]["trained_by_kdsweep"] and manifest["teacher"]["test_acc"] is not None
-    assert set(manifest["checkpoints"]) == set(trials.student_id)
+    teacher_run = space.teacher.training_run.run_id
+    assert set(manifest["checkpoints"]) == set(trials.student_id) | {teacher_run}
+    teacher_file = (root / "runs" / teacher_run / "final.pt").read_bytes()
+    assert manifest["teacher"]["sha256"] == hashlib.sha256(teacher_file).hexdigest()
     # Each trial's last Tune checkpoint points at its students' final kdsweep checkpoints.
     by_group = trials.groupby(trials.student_id.map(lambda k: json.loads(
         (root / "runs" / k / "progress.json").read_text())["group_id"])).student_id

@@ -85,7 +85,7 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
         teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, test_inputs, data.test_labels, store,
                                                spec.teacher.expected_accuracy)
         for t in active:
-            t.record.teacher_acc = teacher_acc
+            t.record.teacher_acc, t.record.teacher_sha256 = teacher_acc, teacher_sha
     recipe = spec.runs[0].recipe
     n_train = data.train_images.shape[0]
     first_epoch = min(t.record.epochs_done for t in active)

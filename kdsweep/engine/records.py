@@ -30,6 +30,7 @@ class RunRecord:
     diverged_epoch: int | None = None  # 1-based epoch whose loss was not finite
     wall_s: float = 0.0  # training + evaluation seconds spent on this run, summed over resumes
     teacher_acc: float | None = None  # test accuracy (%) of the teacher this run distilled from
+    teacher_sha256: str | None = None  # checksum of that teacher's checkpoint file
     device: str | None = None  # where it trained, e.g. "cuda: NVIDIA H100 80GB HBM3"
     # How it trained: teacher source ("shared", "cache", "none") and the speed switches (engine/fastpath.py).
     execution: dict | None = None

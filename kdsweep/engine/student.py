@@ -114,6 +114,8 @@ class StudentTrainer:
     # Resume --------------------------------------------------------------------------------------------------
     def resume(self) -> None:
         """Continue from the newest good checkpoint, if any. A finished run's record is loaded as is."""
+        for folder in (self.folder, self.checkpoints.folder):  # what a kill mid-write left behind
+            self.store.delete_unfinished_writes(folder)
         if self.store.exists(f"{self.folder}/progress.json"):
             stored = RunRecord.from_dict(self.store.read_json(f"{self.folder}/progress.json"))
             if stored.finished:

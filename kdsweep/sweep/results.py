@@ -86,9 +86,16 @@ def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
     devices = sorted({r.device for r in records.values() if r is not None and r.device})
     if devices:
         manifest["training_devices"] = devices
-    manifest["checkpoints"] = {k: r.checkpoint for k, r in records.items() if r is not None and r.checkpoint}
+    # The newest checkpoint of every run, the teacher's training run included: {"file", "sha256"}.
+    teacher_run = space.teacher.training_run
+    everything = {**records, **(read_records(store, [teacher_run.run_id]) if teacher_run else {})}
+    manifest["checkpoints"] = {k: r.checkpoint for k, r in everything.items() if r is not None and r.checkpoint}
     teacher_accs = [r.teacher_acc for r in records.values() if r is not None and r.teacher_acc is not None]
     manifest["teacher"]["test_acc"] = teacher_accs[0] if teacher_accs else manifest["teacher"].get("test_acc")
+    # The teacher checkpoint the students distilled from; two checksums mean it was replaced mid-experiment.
+    teacher_shas = sorted({r.teacher_sha256 for r in records.values() if r is not None and r.teacher_sha256})
+    if teacher_shas:
+        manifest["teacher"]["sha256"] = teacher_shas[0] if len(teacher_shas) == 1 else teacher_shas
     store.write_json("manifest.json", manifest)
     return trials
 
