@@ -65,8 +65,11 @@ class JobPlan:
         return f"{self.storage.rstrip('/')}/{self.experiment}"
 
     def entrypoint(self) -> str:
+        """`python -m kdsweep run ...`: run from the shipped working directory, `-m` imports the kdsweep package
+        shipped with it (a checkout's `kdsweep/`) before any installed one, so the code submitted is the code that
+        runs; a working directory without one uses the image's kdsweep."""
         sets = [arg for override in self.overrides for arg in ("--set", override)]
-        return shlex.join(["kdsweep", "run", self.space, "--storage", self.storage, *sets])
+        return shlex.join(["python", "-m", "kdsweep", "run", self.space, "--storage", self.storage, *sets])
 
     def runtime_env(self) -> dict:
         from kdsweep.cluster import WORKER_ENV, WORKING_DIR_EXCLUDES

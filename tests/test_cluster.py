@@ -326,7 +326,7 @@ def test_a_job_runs_kdsweep_run_in_the_shipped_working_directory(tmp_path):
     (tmp_path / "spaces").mkdir()
     (tmp_path / "spaces" / "x.yaml").write_text(tiny_space(Path("results"), teacher=teacher))
     plan = plan_job(str(tmp_path / "spaces" / "x.yaml"), ["recipe.epochs=1"], "s3://bucket/kd", str(tmp_path))
-    assert plan.entrypoint() == "kdsweep run spaces/x.yaml --storage s3://bucket/kd --set recipe.epochs=1"
+    assert plan.entrypoint() == "python -m kdsweep run spaces/x.yaml --storage s3://bucket/kd --set recipe.epochs=1"
     assert plan.root == "s3://bucket/kd/tiny" and plan.runs == 8
     env = plan.runtime_env()
     assert env["working_dir"] == str(tmp_path) and env["env_vars"] == WORKER_ENV
