@@ -60,6 +60,8 @@ def test_ids_are_stable_and_adding_seeds_keeps_existing_ids():
     base = load_space(SPACES / "full_grid.yaml")
     more = load_space(SPACES / "full_grid.yaml", ["axes.seed=[0, 1, 2, 3]", "axes.lr=[0.001, 0.005, 0.01, 0.05, 0.1, 0.2]"])
     assert {r.run_id for r in base.runs} < {r.run_id for r in more.runs}
+    moved = load_space(SPACES / "full_grid.yaml", ["dataset.root=/mnt/shared/data", "dataset.download=false"])
+    assert [r.run_id for r in moved.runs] == [r.run_id for r in base.runs]  # the dataset's place is not its identity
     assert len(more.runs) == 4 * 2 * 6 * 4
     shorter = load_space(SPACES / "full_grid.yaml", ["recipe.epochs=2", "recipe.milestones=null"])
     assert not {r.run_id for r in base.runs} & {r.run_id for r in shorter.runs}

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -44,6 +44,11 @@ class DataSpec:
     seed: int = 0  # synthetic only: the dataset is a pure function of (seed, sizes, classes)
     train_subset: int | None = None  # both: keep only the first N training images (for tests / quick runs)
     test_subset: int | None = None
+
+    def identity(self) -> dict:
+        """What fixes the images a run sees, for run ids: not where CIFAR-100 is mounted or whether it may be
+        downloaded, so an experiment resumes with its dataset at another path (a cluster's shared mount)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("root", "download")}
 
     def validate(self) -> None:
         """Raise a UserError listing every problem; fields that do not apply to `name` must keep their defaults."""

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from kdsweep.data import DataSpec
 from kdsweep.errors import UserError, unknown_name
 from kdsweep.methods.config import KNOBS
-from kdsweep.space.schema import MethodSection, SpaceFile
+from kdsweep.space.schema import MethodSection
 
 # Knobs that cannot be axes: `loss` already is one, and tuples do not make grid values.
 _AXIS_KNOBS = tuple(k for k in KNOBS if k not in ("loss", "multi_weights"))

@@ -9,7 +9,7 @@ extended sweep recognises finished work, and a changed recipe never reuses stale
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.data import DataSpec
@@ -63,7 +63,7 @@ def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> Tea
         checkpoint_every=train.checkpoint_every,
     )
     method = MethodConfig(kind="vanilla").resolved()
-    identity = {"arch": t.arch, "data": asdict(data), "recipe": recipe.as_record(), "lr": train.lr, "seed": train.seed}
+    identity = {"arch": t.arch, "data": data.identity(), "recipe": recipe.as_record(), "lr": train.lr, "seed": train.seed}
     run_id = f"teacher-{t.arch}-{digest(identity)}"
     run = RunSpec(run_id, t.arch, method, train.lr, train.seed, recipe,
                   labels={"role": "teacher", "variant": "teacher", "title": f"teacher {t.arch}"})
@@ -92,7 +92,7 @@ def expand_runs(space: SpaceFile, data: DataSpec, teacher: TeacherSpec) -> tuple
                     knobs.update(rule.set.knobs())
             method = MethodConfig.from_record(knobs).resolved()
             identity = {
-                "student": space.student.arch, "teacher": teacher_identity, "data": asdict(data),
+                "student": space.student.arch, "teacher": teacher_identity, "data": data.identity(),
                 "recipe": recipe.as_record(), "method": method.as_record(), "lr": point["lr"],
             }
             cell_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-{digest(identity)}"
