@@ -61,6 +61,11 @@ def test_dockerfile_starts_from_the_pinned_ray_image_and_installs_torch_and_kdsw
         assert Version(pinned) in requirement(name).specifier, f"{name}=={pinned} is outside pyproject's range"
     assert 'pip install --no-cache-dir ".[cluster]"' in text and "COPY --chown=ray:users kdsweep ./kdsweep" in text
     assert "--shm-size" in text
+    # CUDA groups compile by default (execution.compile: auto), and torch.compile needs a C compiler at run time.
+    from kdsweep.space.schema import ExecutionSection
+
+    assert ExecutionSection().compile == "auto"
+    assert re.search(r"apt-get install -y --no-install-recommends gcc g\+\+", text)
     ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", "results", "data", ".git"} <= set(ignored)
 
