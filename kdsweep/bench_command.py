@@ -10,8 +10,7 @@ import argparse
 import json
 
 from kdsweep.errors import UserError
-
-SWITCH = ("auto", "on", "off")
+from kdsweep.speed_flags import add_speed_flags, speed_switches
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +34,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paths", nargs="+", default=["reference", "single", "group", "cache"],
                    help="which of reference single group cache fused to run (default: all but fused, "
                         "the vmap-fused students being opt-in: see engine/fused.py)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    p.add_argument("--channels-last", choices=SWITCH, default="auto")
-    p.add_argument("--compile", choices=SWITCH, default="auto")
+    add_speed_flags(p, fusion=False)  # fusion: the `fused` path
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.set_defaults(handler=cmd_bench)
 
@@ -55,8 +52,7 @@ def cmd_bench(args) -> int:
         device=args.device, teacher=args.teacher, student=args.student, k=args.k, steps=args.steps,
         rounds=args.rounds, warmup=args.warmup, batch_size=args.batch_size, num_classes=args.classes,
         cache_images=args.cache_images, reference_workers=args.reference_workers, threads=args.threads,
-        paths=tuple(args.paths),
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        paths=tuple(args.paths), **speed_switches(args),
     )
     result = run_bench(options)
     print()

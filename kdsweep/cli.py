@@ -12,6 +12,7 @@ import warnings
 
 from kdsweep import __version__
 from kdsweep.errors import UserError
+from kdsweep.speed_flags import add_speed_flags, speed_switches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int, default=500, help="synthetic test images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--teacher-cache", choices=("auto", "on", "off"), default="auto",
+                   help="the exact teacher cache (auto: when it pays off and fits)")
+    add_speed_flags(p)
     p.add_argument("--out", default="results/train", help="where run folders are written")
     p.set_defaults(handler=cmd_train)
 
@@ -157,7 +161,7 @@ def cmd_train(args) -> int:
     req = TrainRequest(student=args.student, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
                        data=data, recipe=recipe, lrs=args.lr, seed=args.seed,
                        method=parse_method_knobs(args.method), out=args.out, device=args.device,
-                       threads=args.threads)
+                       threads=args.threads, execution={"teacher_cache": args.teacher_cache, **speed_switches(args)})
     train(req)
     return 0
 

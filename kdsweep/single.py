@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from kdsweep.data import DataSpec
 from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
@@ -28,6 +28,7 @@ class TrainRequest:
     out: str = "results/train"
     device: str = "auto"
     threads: int | None = None
+    execution: dict = field(default_factory=dict)  # teacher_cache and the speed switches, as GroupSpec fields
 
 
 def parse_method_knobs(items: list[str]) -> dict:
@@ -63,13 +64,13 @@ def build_group(req: TrainRequest) -> GroupSpec:
     runs = []
     for lr in req.lrs:
         identity = {"student": req.student, "teacher": teacher and teacher.checkpoint, "method": method.as_record(),
-                    "lr": lr, "seed": req.seed, "recipe": req.recipe.as_record(), "data": asdict(req.data)}
+                    "lr": lr, "seed": req.seed, "recipe": req.recipe.as_record(), "data": req.data.identity()}
         run_id = f"{req.student}-{kind}-lr{lr:g}-s{req.seed}-{digest(identity)}"
         runs.append(RunSpec(run_id, req.student, method, lr, req.seed, req.recipe,
                             labels={"variant": kind, "title": kind, "cell_id": run_id}))
     group_id = f"train-{digest([r.run_id for r in runs])}"
     return GroupSpec(group_id=group_id, seed=req.seed, data=req.data, teacher=teacher, runs=tuple(runs),
-                     storage=absolute_location(req.out), device=req.device, threads=req.threads)
+                     storage=absolute_location(req.out), device=req.device, threads=req.threads, **req.execution)
 
 
 def train(req: TrainRequest) -> list[dict]:

@@ -1,6 +1,9 @@
 """The `kdsweep` command line: validate, dry runs, exit codes (no Ray needed)."""
 
+import json
 from pathlib import Path
+
+import pytest
 
 from kdsweep.cli import main
 
@@ -42,3 +45,18 @@ def test_usage_errors_exit_2_with_one_paragraph(capsys, tmp_path):
     assert "unknown model 'resnet32x8' (did you mean 'resnet32x4'?)" in capsys.readouterr().err
     assert main(["train", "--student", "resnet8", "--method", "taps=mutli", "--dataset", "synthetic"]) == 2
     assert "--method taps: expected one of last, multi, all_blocks" in capsys.readouterr().err
+
+
+def test_train_takes_the_speed_switches_and_records_them(tmp_path, capsys):
+    from kdsweep.cli import main
+
+    args = ["train", "--student", "resnet8", "--dataset", "synthetic", "--epochs", "1", "--train-size", "64",
+            "--test-size", "32", "--threads", "1", "--precision", "bf16", "--teacher-cache", "off",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    (progress,) = tmp_path.glob("runs/*/progress.json")
+    execution = json.loads(progress.read_text())["execution"]
+    assert execution["bf16"] is True and execution["teacher"] == "none" and execution["compile"] is False
+    with pytest.raises(SystemExit):
+        main([*args, "--compile", "sometimes"])
+    assert "argument --compile: invalid choice: 'sometimes'" in capsys.readouterr().err
