@@ -60,3 +60,58 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop_inside_a_write(folder: Path, pattern: str, pid: int, timeout: float, skip: int = 0) -> str | None:
+    """SIGKILL process `pid` while it writes a file of `folder` whose temporary name matches `pattern` (after
+    letting `skip` such writes finish).
+
+    The kernel tells us (inotify) the moment the temporary file is created; the process is frozen at once with
+    SIGSTOP, and killed only if the temporary file is still there - the write is then provably in flight (Store
+    renames it over the target only when it is complete). Returns the temporary file's name, or None when no
+    such moment came before `timeout` (or the process ended).
+    """
+    import ctypes
+    import fnmatch
+    import select
+    import struct
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init()
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init")
+    try:
+        if libc.inotify_add_watch(fd, str(folder).encode(), 0x100) < 0:  # IN_CREATE
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
+        deadline = time.time() + timeout
+        while time.time() < deadline and _alive(pid):
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            offset = 0
+            while offset < len(data):
+                _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + length].rstrip(b"\0").decode()
+                offset += 16 + length
+                if not fnmatch.fnmatch(name, pattern):
+                    continue
+                if skip > 0:
+                    skip -= 1
+                    continue
+                os.kill(pid, signal.SIGSTOP)
+                if (folder / name).exists():
+                    os.kill(pid, signal.SIGKILL)
+                    return name
+                os.kill(pid, signal.SIGCONT)  # too late: that write had finished
+        return None
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"

@@ -25,7 +25,7 @@ from kdsweep.sweep.lock import LOCK_NAME, ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records, resume_epoch
 from kdsweep.sweep.results import trials_frame
 from helpers import save_teacher, tiny_space
-from processes import kill_session, session_pids, start, wait_for
+from processes import kill_session, session_pids, start, stop_inside_a_write, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +62,10 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     assert {"taps", "gate", "gate_normalise", "temperature", "eval_head", "wall_s"} <= set(trials.columns)
     epochs = pd.read_parquet(root / "epochs.parquet")
     assert len(epochs) == 16 and sorted(epochs.epoch.unique()) == [1, 2]
+    last = epochs[epochs.epoch == 2].set_index("student_id")  # best so far and its epoch, per student per epoch
+    indexed = trials.set_index("student_id")
+    assert (last.best_epoch == indexed.best_epoch.loc[last.index]).all()
+    assert (last.best_acc == indexed.best_acc.loc[last.index]).all()
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["ray_version"].startswith("2.60") and manifest["finished_at"]
     assert manifest["report"]["runs_per_cell"] == {cell: 2 for cell in trials.cell_id}  # seeds per cell, for the report
@@ -359,3 +363,37 @@ def test_ctrl_c_keeps_the_work_and_the_same_command_resumes_it(tmp_path):
     records = read_records(store, ids)
     assert {r.status for r in records.values()} == {"completed"}
     assert {k: r.resumed_from[0] for k, r in records.items()} == stopped_at
+
+
+def test_a_driver_killed_while_exporting_the_tables_loses_nothing(tmp_path):
+    """SIGKILL lands inside the final export of trials.parquet: the previous export stays readable, the records are
+    intact, and the same command then ends with the complete table and no debris."""
+    teacher = save_teacher(tmp_path / "t.pth")
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0,)))
+    space = load_space(path)
+    root = tmp_path / "results" / "tiny"
+    driver = start(["run", str(path), "--no-report"], tmp_path / "killed.log")
+    try:
+        wait_for(lambda: root.is_dir(), 60, "the experiment folder")
+        # The first export follows the first epoch; the next is the final one (the sweep takes a few seconds).
+        killed_in = stop_inside_a_write(root, ".trials.parquet.*.tmp", driver.pid, 180, skip=1)
+        assert killed_in, (tmp_path / "killed.log").read_text()[-3000:]
+        driver.wait(timeout=30)
+    finally:
+        kill_session(driver.pid)
+    assert (root / killed_in).exists()  # the write the kill cut short
+    before = pd.read_parquet(root / "trials.parquet")  # the previous export, whole
+    assert len(before) == len(space.runs)
+    ids = [r.run_id for r in space.runs]
+    at_kill = read_records(Store(str(root)), ids)  # what trained is on record (all of it, unless the machine was
+    finished = {k for k, r in at_kill.items() if r.status == "completed"}  # so slow that a periodic export came 2nd)
+    frozen = progress_bytes(root, space)
+
+    again = run_cli("run", str(path), "--no-report")
+    assert again.returncode == 0, again.stderr[-3000:]
+    records = read_records(Store(str(root)), ids)
+    after = progress_bytes(root, space)
+    assert {k: after[k] for k in finished} == {k: frozen[k] for k in finished}, "finished students re-ran"
+    trials = pd.read_parquet(root / "trials.parquet")
+    pd.testing.assert_frame_equal(trials, trials_frame(space, records, live=False))
+    assert set(trials.status) == {"completed"} and not list(root.glob(".*.tmp"))

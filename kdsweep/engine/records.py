@@ -55,7 +55,7 @@ class RunRecord:
         acc = entry["test_acc"]
         if math.isfinite(acc) and (self.best_acc is None or acc > self.best_acc):
             self.best_acc, self.best_epoch = acc, entry["epoch"]
-        entry["best_acc"] = self.best_acc
+        entry["best_acc"], entry["best_epoch"] = self.best_acc, self.best_epoch  # best so far, and when
 
     def masked_fraction(self) -> float | None:
         values = [e["masked_frac"] for e in self.history if e.get("masked_frac") is not None]

@@ -35,6 +35,10 @@ def run_sweep(space: Space, address: str | None = None, report: bool = True) -> 
     refuse_storage_in_job_copy(store)
     preflight(space, address)
     with ExperimentLock(store):
+        # While it holds the lock, this run alone writes the experiment's tables (`kdsweep report` does not
+        # export during a sweep): what an earlier driver killed mid-write left behind can go.
+        for folder in ("", "plots"):
+            store.delete_unfinished_writes(folder)
         return _run_locked(space, store, address, report)
 
 

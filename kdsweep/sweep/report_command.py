@@ -12,9 +12,9 @@ from kdsweep.sweep.lock import is_held
 
 def report_experiment(location: str, select: str | None = None, fmt: str | None = None) -> str:
     store = Store(location)
-    if store.exists("space.yaml"):
+    if store.exists("space.yaml") and not is_held(store):  # a running sweep re-exports its tables itself
         space, store = results.open_experiment(location)
-        results.export(space, store, live=is_held(store))
+        results.export(space, store, live=False)
     report = build_report_in(store, select=select, fmt=fmt)
     return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"
 

@@ -30,8 +30,8 @@ from kdsweep.sweep.plan import read_records
 
 LOSS_DISPLAY = {"l2": "L2 loss", "kl": "KL divergence", "kl_raw": "KL divergence (raw features)"}
 STUDENT_DISPLAY = {"MobileNetV2_1_0": "MobileNetV2x2"}  # the SimKD paper's and the seed report's name
-_EPOCH_COLUMNS = ["epoch", "test_acc", "best_acc", "lr_epoch", "train_loss", "train_loss_feat", "train_loss_ce",
-                  "train_loss_kd", "masked_frac", "images_per_s", "wall_s"]
+_EPOCH_COLUMNS = ["epoch", "test_acc", "best_acc", "best_epoch", "lr_epoch", "train_loss", "train_loss_feat",
+                  "train_loss_ce", "train_loss_kd", "masked_frac", "images_per_s", "wall_s"]
 
 
 def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool) -> pd.DataFrame:
@@ -73,7 +73,8 @@ def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataF
             rows.append({"student_id": run.run_id, "variant": run.labels["variant"], "loss": run.method.loss,
                          "lr": run.lr, "seed": run.seed, **{c: entry.get(c) for c in _EPOCH_COLUMNS}})
     frame = pd.DataFrame(rows, columns=["student_id", "variant", "loss", "lr", "seed", *_EPOCH_COLUMNS])
-    return frame.astype({c: "float64" for c in _EPOCH_COLUMNS if c != "epoch"}).astype({"epoch": "int64"})
+    floats = {c: "float64" for c in _EPOCH_COLUMNS if c not in ("epoch", "best_epoch")}
+    return frame.astype(floats).astype({"epoch": "int64", "best_epoch": "Int64"})
 
 
 def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
