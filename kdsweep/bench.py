@@ -211,8 +211,8 @@ class _Bench:
         batches = iter(reference_loader(self.data.train_images, self.data.train_labels, CIFAR100_MEAN,
                                         CIFAR100_STD, o.batch_size, workers))
         labels = torch.zeros(2, dtype=torch.long, device=self.device)
-        teacher = self._count(lambda x: self.reference_teacher(x, is_feat=True))
-        whole = self._count(lambda x: student.losses(x, labels))  # student + projector + teacher
+        teacher = _count_flops(lambda x: self.reference_teacher(x, is_feat=True), self.device)
+        whole = _count_flops(lambda x: student.losses(x, labels), self.device)  # student + projector + teacher
         result = PathResult("reference", 1, o.steps, (teacher + 3 * (whole - teacher)) * o.batch_size,
                             f"DataLoader ({workers} workers), fp32, eager, teacher per student, 3 .item()/step")
         return _Prepared(result, lambda i: student.step(*next(batches)))
@@ -266,11 +266,8 @@ class _Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _count(self, forward) -> float:
-        return _count_flops(forward, self.device)
-
     def _teacher_flops(self, needs: TeacherNeeds) -> float:
-        return self._count(lambda x: compute_teacher_targets(self.reference_teacher, x, needs))
+        return _count_flops(lambda x: compute_teacher_targets(self.reference_teacher, x, needs), self.device)
 
     def _student_flops(self, trainer: StudentTrainer) -> float:
         """3 x the forward of the student's loss (backbone + projector), per image."""
@@ -278,7 +275,7 @@ class _Bench:
         x = torch.zeros(2, 3, 32, 32, device=self.device)
         targets = as_float(compute_teacher_targets(self.reference_teacher, x, unit.method.teacher_needs()))
         labels = torch.zeros(2, dtype=torch.long, device=self.device)
-        return 3 * self._count(lambda x: student_losses(unit, x, labels, targets))
+        return 3 * _count_flops(lambda x: student_losses(unit, x, labels, targets), self.device)
 
 
 def peak_flops(device: torch.device, bf16: bool, teacher=None, batch_size: int = 64) -> tuple[float, str]:

@@ -19,7 +19,7 @@ chaotically, fused or not. The unfused loop stays the default and the bitwise re
 structures fuses each structure that has 2+ students.
 
 Speed: on a GPU the point is launch count (a batch-64 MobileNetV2 step is launch-bound). On the CPU fusion is
-slower (grouped depthwise convolutions): `kdsweep bench` measured 0.46x the unfused loop (BENCHMARKS.md).
+slower (grouped depthwise convolutions): `kdsweep bench` measured 0.3-0.5x the unfused loop (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -78,21 +78,17 @@ class ProgressPrinter:
 
     def __init__(self, space: Space, store: Store, every_s: float):
         self.space, self.store, self.every_s = space, store, every_s
-        self.started = time.time()
+        self.started = time.time()  # the rate counts only the epochs this sweep finished (`epochs_since`)
         self.last = 0.0
-        self.start_epochs = self._summary().epochs_done  # work done before this sweep, excluded from the rate
-
-    def _summary(self) -> Summary:
-        records = read_records(self.store, [r.run_id for r in self.space.runs])
-        return summarise(self.space, records, live=True)
 
     def on_result(self, result: dict) -> None:
         now = time.time()
         if now - self.last < self.every_s:
             return
         self.last = now
-        summary = self._summary()
+        records = read_records(self.store, [r.run_id for r in self.space.runs])
+        summary = summarise(self.space, records, live=True)
         elapsed = now - self.started
-        eta = eta_seconds(summary, elapsed, summary.epochs_done - self.start_epochs)
+        eta = eta_seconds(summary, elapsed, epochs_since(records, self.started))
         print(f"kdsweep: {summary.line(elapsed, eta)}", file=sys.stderr, flush=True)
         results.export(self.space, self.store, live=True)
