@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a sweep finished with failed runs, 2 bad input (one-par
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"kdsweep: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `kdsweep ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\nkdsweep: interrupted; finished work is kept - run the same command again to resume.", file=sys.stderr)
         return 130
@@ -35,12 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run (or resume) a search space as a Ray Tune sweep")
-    p.add_argument("space", help="search-space YAML file")
+    p.add_argument("space", help="search-space YAML file, or an experiment folder to resume where it lies now")
     _add_overrides(p)
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--storage", help="where experiments live (path or s3:// gs:// URI); overrides `storage`")
     p.add_argument("--dry-run", action="store_true", help="print the cells, groups and a cost estimate; run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--only-current", action="store_true",
+                   help="the report leaves out runs outside the current space (kept from an earlier space)")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--as-new-experiment", metavar="NAME",
+                        help="run the space as a new experiment NAME beside the one it names (a changed recipe, "
+                             "dataset or teacher)")
+    change.add_argument("--replace", action="store_true",
+                        help="train a space that changes the recipe, dataset or teacher in the experiment's own "
+                             "folder; the earlier runs stay on disk and leave the tables")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("validate", help="check a search space; exit 0 when valid, 2 with every problem listed")
@@ -56,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment folder (path or URI)")
     p.add_argument("--select", choices=("best", "last"), help="best-epoch (default) or last-epoch accuracy")
     p.add_argument("--format", choices=("csv", "json"), help="also export the cell table in this format")
+    p.add_argument("--only-current", action="store_true",
+                   help="leave out runs outside the experiment's current space (kept from an earlier space)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("train", help="train one configuration without Ray (K learning rates = K students)")
@@ -97,12 +112,30 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
+    """The space to run: a YAML file, or the space an experiment folder last ran, opened where the folder is."""
+    from pathlib import Path
+
     from kdsweep.space import load_space
+    from kdsweep.storage import absolute_location, is_uri
 
     overrides = list(args.overrides)
+    new_name = getattr(args, "as_new_experiment", None)
+    if new_name:
+        overrides.append(f"experiment={new_name}")
+    target = args.space
+    if Path(target).is_dir() or (is_uri(target) and not target.endswith((".yaml", ".yml"))):
+        from kdsweep.sweep.experiment import open_experiment
+
+        if getattr(args, "storage", None):
+            raise UserError(f"--storage goes with a space file; {target} is an experiment folder, which is "
+                            f"resumed where it lies.")
+        root = None
+        if new_name:  # beside the folder: <its parent>/<NAME>
+            root = f"{absolute_location(target).rsplit('/', 1)[0]}/{new_name}"
+        return open_experiment(target, overrides, root=root)[0]
     if getattr(args, "storage", None):
         overrides.append(f"storage={args.storage}")
-    return load_space(args.space, overrides)
+    return load_space(target, overrides)
 
 
 def cmd_validate(args) -> int:
@@ -120,7 +153,8 @@ def cmd_run(args) -> int:
         return 0
     from kdsweep.sweep.driver import run_sweep
 
-    outcome = run_sweep(space, address=args.address, report=not args.no_report)
+    outcome = run_sweep(space, address=args.address, report=not args.no_report, replace=args.replace,
+                        only_current=args.only_current)
     if outcome.interrupted:
         print("kdsweep: interrupted; finished work is kept - run the same command again to resume.", file=sys.stderr)
         return 130
@@ -137,7 +171,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from kdsweep.sweep.report_command import report_experiment
 
-    print(report_experiment(args.experiment, select=args.select, fmt=args.format))
+    print(report_experiment(args.experiment, select=args.select, fmt=args.format, only_current=args.only_current))
     return 0
 
 

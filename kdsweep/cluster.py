@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kdsweep.errors import UserError
 
-# Environment for the sweep's driver and every trial. Trials stay in the launch directory (ray-2.60.md pitfall 3:
+# Environment for the sweep's driver and every trial. Trials stay in the launch directory (docs/ray-notes.md pitfall 3:
 # under `ray job submit` relative paths break otherwise); no usage-stats phone-home from clusters without internet.
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
@@ -81,6 +81,30 @@ def dashboard_url(address: str | None) -> str:
     return (address if "://" in address else f"http://{address}").rstrip("/")
 
 
+# A head that has just started answers "No available agent to submit job" until its job agent is up: tens of
+# seconds on a loaded machine. Submission retries that long, every AGENT_RETRY_S, saying so once.
+AGENT_WAIT_S, AGENT_RETRY_S = 90.0, 2.0
+NO_AGENT = "No available agent to submit job"
+
+
+def while_agent_starts(attempt, wait_s: float, retry_s: float = AGENT_RETRY_S, clock=time.monotonic,
+                       sleep=time.sleep):
+    """`attempt()`, again every `retry_s` while it fails with Ray's no-agent-yet error, for at most `wait_s`."""
+    deadline = clock() + wait_s
+    told = False
+    while True:
+        try:
+            return attempt()
+        except RuntimeError as err:
+            if NO_AGENT not in str(err) or clock() + retry_s > deadline:
+                raise
+            if not told:
+                print(f"kdsweep: the cluster's job agent is not up yet (a head that has just started); retrying for up "
+                      f"to {wait_s:.0f} s", file=sys.stderr, flush=True)
+                told = True
+            sleep(retry_s)
+
+
 class Cluster:
     """A Ray cluster reached through its dashboard's Jobs API (needs `ray[default]`: pip install kdsweep[cluster])."""
 
@@ -132,10 +156,13 @@ class Cluster:
                 f"{SUPPORTED_RAY}0').")
 
     def submit(self, *, entrypoint: str, runtime_env: dict, metadata: dict, submission_id: str) -> str:
+        def attempt() -> str:
+            return self._client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
+                                           submission_id=submission_id)
+
         with self.errors():
             try:
-                return self._client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
-                                               submission_id=submission_id)
+                return while_agent_starts(attempt, AGENT_WAIT_S)
             except (RuntimeError, ValueError) as err:  # upload over Ray's 512 MiB cap, a refused request, ...
                 raise UserError(f"the Ray cluster at {self.url} did not accept the job: {_last_line(err)}") from None
 

@@ -10,7 +10,7 @@ from kdsweep.data import DataSpec
 from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
 from kdsweep.errors import UserError
 from kdsweep.methods import MethodConfig
-from kdsweep.ids import digest
+from kdsweep.ids import digest, teacher_identity
 from kdsweep.yamlsafe import parse_value
 from kdsweep.storage import absolute_location
 
@@ -61,9 +61,11 @@ def build_group(req: TrainRequest) -> GroupSpec:
     teacher = None
     if kind != "vanilla":
         teacher = TeacherSpec(req.teacher, absolute_location(req.teacher_checkpoint))
+    # The teacher by its tensors, not its path (ids.py): the same weights elsewhere resume the same runs.
+    teacher_id = teacher and teacher_identity(teacher.arch, teacher.checkpoint, None)
     runs = []
     for lr in req.lrs:
-        identity = {"student": req.student, "teacher": teacher and teacher.checkpoint, "method": method.as_record(),
+        identity = {"student": req.student, "teacher": teacher_id, "method": method.as_record(),
                     "lr": lr, "seed": req.seed, "recipe": req.recipe.as_record(), "data": req.data.identity()}
         run_id = f"{req.student}-{kind}-lr{lr:g}-s{req.seed}-{digest(identity)}"
         runs.append(RunSpec(run_id, req.student, method, lr, req.seed, req.recipe,

@@ -121,6 +121,9 @@ def _atomic_local_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        # mkstemp creates 0600 whatever the umask; the file kdsweep leaves gets the mode any other tool's would
+        # (0644 under umask 022, 0640 under 027), so that a group sharing the results on NFS can read them.
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -129,6 +132,21 @@ def _atomic_local_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which would race
+    with the other threads of a Ray worker); from /proc on Linux, else by the set-and-restore dance."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _json_default(value):

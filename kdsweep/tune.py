@@ -8,7 +8,7 @@ reports a Tune checkpoint that points at them (`kdsweep-group.json`: per student
 sha256), so Tune's records know each trial's resume point. When Tune retries a crashed trial
 (`FailureConfig`), the trainable gets that pointer back from `tune.get_checkpoint()`, says so, and the group
 checks every student resumes at least that far. A new `kdsweep run` after the driver itself died starts a new
-Tuner (a restored one would replay Tune's experiment snapshot, taken only every few seconds - ray-2.60.md
+Tuner (a restored one would replay Tune's experiment snapshot, taken only every few seconds - docs/ray-notes.md
 pitfall 1) and the groups find the same checkpoints on their own, so both routes continue where the work stopped.
 """
 

@@ -4,6 +4,10 @@
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Marks every process this test run starts, Ray's included (they inherit the environment, also once reparented
+# after a kill), so that the leftover check below never blames another run's Ray on this shared machine.
+RUN_MARK = f"KDSWEEP_TEST_RUN={os.getpid()}-{os.urandom(4).hex()}"
+os.environ["KDSWEEP_TEST_RUN"] = RUN_MARK.split("=", 1)[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
@@ -16,7 +20,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the in-process sweep tests (ray-2.60.md pitfall 7), shut down cleanly at the end."""
+    """One local Ray for the in-process sweep tests (docs/ray-notes.md pitfall 7), shut down cleanly at the end."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
@@ -26,7 +30,7 @@ def ray_session():
     ray.shutdown()
 
 
-# Every Ray process the suite starts must be gone when it ends (never `ray stop`: tests stop what they started).
+# Every Ray process this suite starts must be gone when it ends (never `ray stop`: tests stop what they started).
 _RAY_DAEMONS = (b"raylet", b"gcs_server", b"ray::", b"default_worker.py", b"dashboard/agent.py", b"log_monitor.py")
 
 
@@ -38,9 +42,13 @@ def _ray_processes() -> dict[int, str]:
         try:
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 cmdline = f.read()
+            if not any(name in cmdline for name in _RAY_DAEMONS):
+                continue
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                ours = RUN_MARK.encode() in f.read().split(b"\0")
         except OSError:
             continue
-        if any(name in cmdline for name in _RAY_DAEMONS):
+        if ours:
             found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:120]
     return found
 

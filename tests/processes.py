@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,11 +73,34 @@ def stop_inside_a_write(folder: Path, pattern: str, pid: int, timeout: float, sk
     such moment came before `timeout` (or the process ended).
     """
     import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    # The race is between the writer's write + fsync + rename and our SIGSTOP. On a loaded machine the scheduler may
+    # wake this watcher milliseconds late; a real-time priority wakes it first (the watcher only blocks in select).
+    with _realtime_priority():
+        return _stop_inside_a_write(libc, folder, pattern, pid, timeout, skip)
+
+
+@contextlib.contextmanager
+def _realtime_priority():
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        raised = True
+    except (PermissionError, AttributeError, OSError):
+        raised = False  # not root: best effort at normal priority
+    try:
+        yield
+    finally:
+        if raised:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: float, skip: int) -> str | None:
+    import ctypes
     import fnmatch
     import select
     import struct
 
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fd = libc.inotify_init()
     if fd < 0:
         raise OSError(ctypes.get_errno(), "inotify_init")

@@ -419,3 +419,32 @@ def test_plain_ray_job_submit_joins_the_cluster_and_kdsweep_stop_ends_it(cluster
     assert jobs[job_id_of(submitted["head_local"].stdout)][1] == "FAILED"
     assert job not in jobs  # `kdsweep jobs` lists kdsweep's jobs only, and this one carries no kdsweep tag
     assert not any(str(cluster.base / "bad-token") in row for row in jobs.values())  # a refused submit left no job
+
+
+def test_submission_waits_for_a_fresh_heads_job_agent_and_gives_up_on_other_errors(capsys):
+    """A head that has just started answers "No available agent to submit job" for tens of seconds under load."""
+    from kdsweep.cluster import NO_AGENT, while_agent_starts
+
+    now = [0.0]
+    answers = [RuntimeError(f"Request failed with status code 503: {NO_AGENT}."), RuntimeError(NO_AGENT), "job-1"]
+
+    def attempt():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def sleep(s):
+        now[0] += s
+
+    assert while_agent_starts(attempt, 10, retry_s=2, clock=lambda: now[0], sleep=sleep) == "job-1"
+    assert now[0] == 4 and capsys.readouterr().err.count("job agent is not up yet") == 1
+    # It gives up once the wait is over, and never retries another error.
+    with pytest.raises(RuntimeError, match=NO_AGENT):
+        while_agent_starts(lambda: (_ for _ in ()).throw(RuntimeError(NO_AGENT)), 5, retry_s=2,
+                           clock=lambda: now[0], sleep=sleep)
+    calls = []
+    with pytest.raises(RuntimeError, match="quota"):
+        while_agent_starts(lambda: calls.append(1) or (_ for _ in ()).throw(RuntimeError("quota")), 60,
+                           clock=lambda: now[0], sleep=sleep)
+    assert calls == [1]

@@ -106,8 +106,9 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-# Per-run best-epoch accuracies. The seed report's own values where it has them (seed-experiments.md), others chosen
-# to reproduce the seed's printed mean ± std (66.88 ± 3.78, 53.23 ± 0.38, 72.6 ± 0.41, 66.87 ± 3.78).
+# Per-run best-epoch accuracies. The seed report's own values where it has them (docs/seed-experiments.md, "What
+# tests/test_report.py relies on"), others chosen to reproduce the seed's printed mean ± std (66.88 ± 3.78,
+# 53.23 ± 0.38, 72.6 ± 0.41, 66.87 ± 3.78).
 GOLDEN_RUNS = {
     ("simkd", "l2"): {0.001: [20.10, 19.80, 20.40], 0.01: [75.51, 75.50, 75.40], 0.05: [74.90, 74.60, 74.80]},
     ("simkd", "kl"): {0.001: [15.00, 16.00, 15.50], 0.01: [69.90, 70.00, 69.80], 0.05: [70.10, 70.40, 70.25]},

@@ -41,7 +41,8 @@ class CheckpointDir:
         self.store, self.folder = store, folder
 
     def save(self, epoch: int, state: dict) -> dict:
-        """Write the checkpoint for `epoch` (epochs completed); returns {"file", "sha256"} for the records."""
+        """Write the checkpoint for `epoch` (epochs completed); returns {"file", "sha256"} for the records, the file
+        relative to the store (the experiment folder), so that the records stay true when the folder moves."""
         data = to_bytes(state)
         name = f"epoch-{epoch:04d}.pt"
         digest = sha256(data)
@@ -50,7 +51,7 @@ class CheckpointDir:
         for old in self._epochs()[:-KEEP]:
             self.store.delete(f"{self.folder}/epoch-{old:04d}.pt.sha256")
             self.store.delete(f"{self.folder}/epoch-{old:04d}.pt")
-        return {"file": self.store.location(f"{self.folder}/{name}"), "sha256": digest}
+        return {"file": f"{self.folder}/{name}", "sha256": digest}
 
     def load_latest(self, map_location="cpu") -> dict | None:
         """The newest checkpoint whose checksum verifies and which loads; None when there is none."""

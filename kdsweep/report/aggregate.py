@@ -46,6 +46,8 @@ def prepare_trials(trials: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         str(title) if isinstance(title, str) and title else settings.variant_titles.get(variant, variant)
         for title, variant in zip(given, t["variant"])
     ]
+    # Runs on disk that the experiment's current space no longer names (sweep/experiment.py); older tables lack it.
+    t["in_space"] = t["in_space"].fillna(True).astype(bool) if "in_space" in t.columns else True
     for col, fallback in (("teacher", settings.teacher_arch), ("student", settings.student_arch)):
         if col not in t.columns:
             t[col] = fallback
@@ -103,7 +105,9 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
         cell = trials[in_cell]
         first = cell.iloc[0]
         counts = outcome[in_cell].value_counts()
-        n_planned = max(len(cell), settings.runs_per_cell.get(cell_id) or len(settings.seeds))
+        outside = int((~cell["in_space"]).sum())  # runs outside the current space: reported, planned by none
+        planned = settings.runs_per_cell.get(cell_id) or (len(settings.seeds) if outside < len(cell) else 0)
+        n_planned = max(len(cell), planned + outside)
         row = {
             "variant": first["variant"],
             "title": first["title"],
@@ -114,6 +118,7 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
             "student": first["student"],
             "n": int(use[in_cell].sum()),
             "n_planned": n_planned,
+            "outside": outside,
         }
         for status in STATUS_COUNTS:
             row[status] = int(counts.get(status, 0))
@@ -128,19 +133,30 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
         row["status"] = status_text(row)
         rows.append(row)
     columns = [
-        "variant", "title", "loss", "lr", "cell_id", "teacher", "student", "n", "n_planned", *STATUS_COUNTS,
-        "status", "best_mean", "best_std", "best_ci_low", "best_ci_high", "last_mean", "last_std", "last_ci_low",
+        "variant", "title", "loss", "lr", "cell_id", "teacher", "student", "n", "n_planned", "outside",
+        *STATUS_COUNTS, "status", "best_mean", "best_std", "best_ci_low", "best_ci_high", "last_mean", "last_std", "last_ci_low",
         "last_ci_high", "best_epoch_mean", "masked_frac",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
 def status_text(row: dict) -> str:
-    """'complete', or what is missing: 'n=2/3: 1 running', 'n=1/3: 1 failed, 1 diverged'."""
+    """'complete', or what is missing: 'n=2/3: 1 running', 'n=1/3: 1 failed, 1 diverged'; then how many of the
+    cell's runs lie outside the current space, if any."""
     if row["n"] == row["n_planned"]:
-        return "complete"
-    parts = [f"{row[s]} {s}" for s in STATUS_COUNTS if s != "completed" and row[s]]
-    return f"n={row['n']}/{row['n_planned']}" + (f": {', '.join(parts)}" if parts else "")
+        text = "complete"
+    else:
+        parts = [f"{row[s]} {s}" for s in STATUS_COUNTS if s != "completed" and row[s]]
+        text = f"n={row['n']}/{row['n_planned']}" + (f": {', '.join(parts)}" if parts else "")
+    outside = row.get("outside", 0)
+    if outside:
+        text += "; outside the current space" if outside == len_runs(row) else f"; {outside} outside the current space"
+    return text
+
+
+def len_runs(row: dict) -> int:
+    """The runs a cell row has in trials.parquet (planned ones without a row are `missing`)."""
+    return row["n_planned"] - row["missing"]
 
 
 def verdict(mean: float, baseline: float | None, tolerance: float) -> str | None:

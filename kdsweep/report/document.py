@@ -26,7 +26,7 @@ from kdsweep.report.tables import (
 # trials.parquet columns that describe a run's outcome or bookkeeping; every other column is a method knob.
 NOT_KNOBS = {
     *REQUIRED_COLUMNS, "title", "teacher", "student", "epochs", "epochs_done", "best_epoch", "teacher_acc",
-    "masked_frac", "diverged_epoch", "wall_s", "group_id", "error",
+    "masked_frac", "diverged_epoch", "wall_s", "group_id", "error", "in_space",
 }  # fmt: skip
 ERROR_CHARS = 160  # an error's first line is cut to this in results.md
 PLOTS = {
@@ -87,6 +87,20 @@ def selection_note(select: str, dataset: str) -> str:
     return (
         f"> Accuracies are last-epoch top-1 on the {dataset} test set. Each row's learning rate is still chosen by "
         "the highest mean on the test set, which biases the headline numbers slightly upward."
+    )
+
+
+def scope_note(trials: pd.DataFrame) -> str:
+    """Says which reported runs the experiment's current space no longer names (a seed or an lr dropped since)."""
+    outside = trials[~trials["in_space"]]
+    if outside.empty:
+        return ""
+    seeds = ", ".join(str(s) for s in sorted(outside["seed"].unique()))
+    cells = _count(outside["cell_id"].nunique(), "cell")
+    return (
+        f"> {_count(len(outside), 'run')} in {cells} (seed {seeds}) lie outside the experiment's current space: "
+        "they were trained by an earlier space of this experiment with the same recipe, dataset and teacher, and are "
+        "reported with it (marked in Status). `kdsweep report --only-current` leaves them out."
     )
 
 
@@ -245,6 +259,7 @@ def results_markdown(
         "## Overview of all the experiments",
         headline,
         explain,
+        scope_note(trials),
         selection_note(select, dataset_name),
         baseline_section(trials, head, settings, select),
         "## All cells\n\n"

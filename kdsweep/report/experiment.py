@@ -35,11 +35,16 @@ class Report:
     select: str = "best"
 
 
-def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, manifest: dict, select: str = "best") -> Report:
-    """Tables, markdown and figures from the three inputs; no I/O."""
+def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, manifest: dict, select: str = "best",
+                 only_current: bool = False) -> Report:
+    """Tables, markdown and figures from the three inputs; no I/O. `only_current` leaves out the runs outside the
+    experiment's current space."""
     check_select(select)
     settings = settings_from_manifest(manifest or {})
     t = prepare_trials(trials, settings)
+    if only_current:
+        t = t[t["in_space"]].reset_index(drop=True)
+        epochs = epochs[epochs["student_id"].isin(set(t["student_id"]))]
     cells = cell_table(t, settings, select)
     head = headline_rows(t, cells, settings, select)
     headline = headline_markdown(head, settings)
@@ -79,7 +84,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_report(exp_dir: str | Path, select: str | None = None, fmt: str | None = None) -> Report:
+def write_report(exp_dir: str | Path, select: str | None = None, fmt: str | None = None,
+                 only_current: bool = False) -> Report:
     """Read an experiment folder, write results.md, plots/acc_vs_lr.png, plots/curves.png and (fmt) cells.<fmt>.
 
     select None: the manifest's report.select, else "best".
@@ -94,7 +100,7 @@ def write_report(exp_dir: str | Path, select: str | None = None, fmt: str | None
     epochs = _read_parquet(exp_dir / EPOCHS)
     if select is None:
         select = str((manifest.get("report") or {}).get("select") or "best")
-    report = build_report(trials, epochs, manifest, check_select(select))
+    report = build_report(trials, epochs, manifest, check_select(select), only_current)
     # Through Store: every file is written atomically, and a full or read-only disk is a UserError naming it.
     store = Store(str(exp_dir))
     for name, fig in report.figures.items():

@@ -1,9 +1,10 @@
 """Expanding a validated search space into student runs with stable ids.
 
 Order: variants as written, then the loss axis, lr, any knob axes, and seed last. A run's id is readable
-(`multi-l2-lr0.01-s1-<hash>`) and the hash covers everything that determines its result (architectures, teacher,
-dataset, recipe, resolved method, lr, seed), so editing a space keeps the ids of unchanged runs: a resumed or
-extended sweep recognises finished work, and a changed recipe never reuses stale results.
+(`multi-l2-lr0.01-s1-<hash>`) and the hash covers everything that determines its result (architectures, the
+teacher's identity, dataset, recipe, resolved method, lr, seed) and no location (`space/identity.py`), so editing a
+space keeps the ids of unchanged runs, and a moved experiment keeps all of them: a resumed or extended sweep
+recognises finished work, and a changed recipe never reuses stale results.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ class Space:
     root: str  # experiment folder: <storage>/<experiment>, absolute path or URI
     data: DataSpec
     teacher: TeacherPlan
+    teacher_identity: dict  # the teacher's part of every run id (space/identity.py)
     runs: tuple[RunSpec, ...]
+    # Once opened against its experiment folder (sweep/experiment.py): runs on disk that the space does not name
+    # but whose configuration it shares (a seed or an lr since dropped from the axes). Reported, never trained.
+    outside: tuple[RunSpec, ...] = ()
 
     @property
     def cells(self) -> list[str]:
@@ -71,15 +76,25 @@ def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> Tea
     return TeacherPlan(spec, run)
 
 
-def expand_runs(space: SpaceFile, data: DataSpec, teacher: TeacherSpec) -> tuple[RunSpec, ...]:
+def experiment_context(space: SpaceFile, data: DataSpec, teacher_identity: dict) -> dict:
+    """What every run of the experiment shares and its id hashes: a change to any of it changes every run."""
+    return {"student": space.student.arch, "teacher": teacher_identity, "data": data.identity(),
+            "recipe": student_recipe(space).as_record()}
+
+
+def student_recipe(space: SpaceFile) -> Recipe:
     r = space.recipe
-    recipe = Recipe(
+    return Recipe(
         epochs=r.epochs, batch_size=r.batch_size, momentum=r.momentum, weight_decay=r.weight_decay,
         milestones=tuple(r.milestones) if r.milestones else None, gamma=r.gamma,
         checkpoint_every=r.checkpoint_every,
     )
+
+
+def expand_runs(space: SpaceFile, data: DataSpec, teacher_identity: dict) -> tuple[RunSpec, ...]:
+    recipe = student_recipe(space)
     knob_axes = space.axes.knob_axes()
-    teacher_identity = {"arch": teacher.arch, "checkpoint": teacher.checkpoint}
+    context = experiment_context(space, data, teacher_identity)
     runs = []
     for variant, section in space.variants.items():
         axes = {"loss": space.axes.loss, "lr": space.axes.lr, **knob_axes}
@@ -91,10 +106,7 @@ def expand_runs(space: SpaceFile, data: DataSpec, teacher: TeacherSpec) -> tuple
                 if _matches(rule.when, cell):
                     knobs.update(rule.set.knobs())
             method = MethodConfig.from_record(knobs).resolved()
-            identity = {
-                "student": space.student.arch, "teacher": teacher_identity, "data": data.identity(),
-                "recipe": recipe.as_record(), "method": method.as_record(), "lr": point["lr"],
-            }
+            identity = {**context, "method": method.as_record(), "lr": point["lr"]}
             cell_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-{digest(identity)}"
             for seed in space.axes.seed:
                 run_cell = {**cell, "seed": seed}

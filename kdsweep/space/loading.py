@@ -15,6 +15,7 @@ from kdsweep.errors import UserError, closest
 from kdsweep.methods.config import warn_if_replication_only
 from kdsweep.space.checks import cross_section_problems
 from kdsweep.space.expand import Space, data_spec, expand_runs, teacher_plan
+from kdsweep.ids import is_resolved, teacher_identity
 from kdsweep.space.schema import SpaceFile
 from kdsweep.yamlsafe import load_yaml, parse_value
 from kdsweep.storage import absolute_location
@@ -32,13 +33,15 @@ class SpaceError(UserError):
 
 
 def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = None, *,
-               text: str | None = None, root: str | None = None) -> Space:
+               text: str | None = None, root: str | None = None, known_teacher: dict | None = None) -> Space:
     """Parse, override, validate and expand a search-space file; raises SpaceError (a UserError) when invalid.
 
     Relative paths inside the file (storage, dataset.root, teacher.checkpoint) are taken relative to `base`,
     by default the working directory (where `kdsweep run` and `ray job submit --working-dir` start).
     `text` gives the document instead of reading `path` (a space.yaml fetched from object storage); `root`
     fixes the experiment folder (an experiment opened where it lies now, wherever it was first run).
+    `known_teacher` is the teacher identity an experiment recorded, used when its checkpoint cannot be read here
+    (an experiment copied to a laptop without the teacher's file can still be reported).
     """
     source = str(path)
     raw = parse_document(source, text)
@@ -48,11 +51,15 @@ def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = 
     root = root or f"{absolute_location(space_file.storage, base)}/{space_file.experiment}"
     data = data_spec(space_file, base)
     teacher = teacher_plan(space_file, root, data, base)
-    runs = expand_runs(space_file, data, teacher.spec)
+    training_run_id = teacher.training_run.run_id if teacher.training_run else None
+    identity = teacher_identity(teacher.spec.arch, teacher.spec.checkpoint, training_run_id)
+    if not is_resolved(identity) and known_teacher and known_teacher.get("arch") == teacher.spec.arch:
+        identity = known_teacher
+    runs = expand_runs(space_file, data, identity)
     warn_if_replication_only(r.method for r in runs)
     if not runs:
         raise SpaceError(source, [("include/exclude", "these rules remove every cell: nothing would run")])
-    return Space(space_file, source, raw, root, data, teacher, runs)
+    return Space(space_file, source, raw, root, data, teacher, identity, runs)
 
 
 def parse_document(source: str, text: str | None = None) -> dict:

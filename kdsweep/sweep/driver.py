@@ -12,7 +12,8 @@ from kdsweep.engine import FINAL_STATUSES
 from kdsweep.errors import UserError
 from kdsweep.space import Space
 from kdsweep.storage import Store
-from kdsweep.sweep import results
+from kdsweep.sweep import results, scope
+from kdsweep.sweep.experiment import attach, legacy_ids, record_identity
 from kdsweep.sweep.lock import ExperimentLock
 from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
 from kdsweep.sweep.preflight import preflight
@@ -30,16 +31,31 @@ class SweepOutcome:
     interrupted: bool = False  # stopped early (Ctrl-C): run again to resume
 
 
-def run_sweep(space: Space, address: str | None = None, report: bool = True) -> SweepOutcome:
+def run_sweep(space: Space, address: str | None = None, report: bool = True, *, replace: bool = False,
+              only_current: bool = False) -> SweepOutcome:
+    """`replace`: accept a space that changes what every run shares (scope.py); `only_current`: the final report
+    leaves out runs outside the space."""
     store = Store(space.root)
     refuse_storage_in_job_copy(store)
     preflight(space, address)
     with ExperimentLock(store):
+        legacy = legacy_ids(space, store)
+        space = attach(space, store, legacy)  # the experiment's 0.1 run folders, and its runs outside the space
+        change = scope.compare(space, store, legacy)
+        if change.context and not replace:  # none of the runs on disk would count: say how many that is
+            students = [n for n in store.list("runs") if space.teacher.training_run is None
+                        or n != space.teacher.training_run.run_id]
+            finished = sum(1 for r in read_records(store, students).values() if r is not None and r.finished)
+            scope.refuse_context_change(change, store, finished)
+        if change.context or change.added or change.removed:
+            print(f"kdsweep: this space differs from the one {store.root} last ran:")
+            for line in [f"  ! {c} (--replace: earlier runs leave the tables)" for c in change.context] + change.lines():
+                print(line)
         # While it holds the lock, this run alone writes the experiment's tables (`kdsweep report` does not
         # export during a sweep): what an earlier driver killed mid-write left behind can go.
         for folder in ("", "plots"):
             store.delete_unfinished_writes(folder)
-        return _run_locked(space, store, address, report)
+        return _run_locked(space, store, address, report, only_current, legacy)
 
 
 def refuse_storage_in_job_copy(store: Store) -> None:
@@ -56,7 +72,8 @@ def refuse_storage_in_job_copy(store: Store) -> None:
                         f"node, which other nodes cannot see and Ray deletes: {SHARED_STORAGE_HINT}.")
 
 
-def _run_locked(space: Space, store: Store, address: str | None, report: bool) -> SweepOutcome:
+def _run_locked(space: Space, store: Store, address: str | None, report: bool, only_current: bool,
+                legacy: dict[str, str]) -> SweepOutcome:
     from kdsweep import tune as kd_tune  # the only Ray import, deferred so that validation never starts Ray
 
     f = space.file
@@ -67,6 +84,10 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool) -
 
         if kd_tune.node_count() > 1:
             kd_tune.verify_shared_storage(store)
+        records = read_records(store, [r.run_id for r in space.runs])
+        todo = pending_runs(space.runs, records)
+        kept = set(legacy.values())
+        record_identity(space, store, [r for r in space.runs if r.run_id in kept] + todo, legacy)
         results.write_space_and_manifest(space, store, device=_device_summary(where, resources),
                                          ray_version=ray.__version__)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -85,8 +106,6 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool) -
                 )
             if not _finished(store, teacher_run.run_id):  # Ctrl-C: Tune stopped the trial and returned
                 return _stop(space, store, failed, interrupted=True)
-        records = read_records(store, [r.run_id for r in space.runs])
-        todo = pending_runs(space.runs, records)
         done = len(space.runs) - len(todo)
         groups = plan_groups(space, todo, store, f.group.max_students)
         print(f"kdsweep: {space.file.experiment}: {len(space.runs)} runs, {done} already finished, "
@@ -101,7 +120,7 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool) -
     finally:
         kd_tune.shutdown()
     if report:
-        rep = build_report_in(store)
+        rep = build_report_in(store, only_current=only_current)
         print(rep.headline_markdown)
         print(f"kdsweep: report written to {store.location('results.md')}")
     return outcome

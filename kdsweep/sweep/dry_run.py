@@ -7,18 +7,28 @@ from collections import Counter
 from kdsweep.estimate import sweep_cost
 from kdsweep.space import Space
 from kdsweep.storage import Store
+from kdsweep.sweep import scope
+from kdsweep.sweep.experiment import attach, legacy_ids
 from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
 
 
 def describe(space: Space) -> str:
     f = space.file
     store = Store(space.root)
+    legacy = legacy_ids(space, store)
+    space = attach(space, store, legacy)
+    change = scope.compare(space, store, legacy)
     records = read_records(store, [r.run_id for r in space.runs])
     todo = pending_runs(space.runs, records)
     groups = plan_groups(space, todo, store, f.group.max_students)
     lines = [f"experiment {f.experiment} -> {space.root}",
              f"teacher {f.teacher.arch} ({'trained first' if space.teacher.training_run else space.teacher.spec.checkpoint}), "
              f"student {f.student.arch}, dataset {f.dataset.name}, {space.runs[0].recipe.epochs} epochs", ""]
+    if change.context:
+        lines += ["this space changes what every run of the experiment shares; `kdsweep run` refuses it without "
+                  "--as-new-experiment NAME or --replace:", *(f"  ! {c}" for c in change.context), ""]
+    elif change.added or change.removed:
+        lines += ["against the space the experiment last ran:", *change.lines(), ""]
     seeds = Counter(r.labels["cell_id"] for r in space.runs)
     lines.append(f"{'variant':<16} {'loss':<7} {'lr':>7}  seeds  knobs")
     shown = set()

@@ -34,10 +34,15 @@ _EPOCH_COLUMNS = ["epoch", "test_acc", "best_acc", "best_epoch", "lr_epoch", "tr
                   "train_loss_ce", "train_loss_kd", "masked_frac", "images_per_s", "wall_s"]
 
 
+def reported_runs(space: Space):
+    """(run, in the current space?) for every run the tables cover: the space's, then those outside it."""
+    return [*((r, True) for r in space.runs), *((r, False) for r in space.outside)]
+
+
 def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool) -> pd.DataFrame:
     rows = []
     knob_axes = list(space.file.axes.knob_axes())
-    for run in space.runs:
+    for run, in_space in reported_runs(space):
         rec = records.get(run.run_id)
         status = "pending" if rec is None else rec.status
         if status == "running" and not live:
@@ -52,7 +57,7 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
             "masked_frac": _num(rec and rec.masked_fraction()),
             "diverged_epoch": rec.diverged_epoch if rec else None,
             "wall_s": rec.wall_s if rec else 0.0, "group_id": rec.group_id if rec else None,
-            "error": rec.error if rec else None,
+            "error": rec.error if rec else None, "in_space": in_space,
         }
         record = run.method.as_record()
         record["multi_weights"] = ",".join(f"{w:g}" for w in run.method.multi_weights)
@@ -67,7 +72,7 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
 
 def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataFrame:
     rows = []
-    for run in space.runs:
+    for run, _ in reported_runs(space):
         rec = records.get(run.run_id)
         for entry in rec.history if rec else []:
             rows.append({"student_id": run.run_id, "variant": run.labels["variant"], "loss": run.method.loss,
@@ -79,7 +84,7 @@ def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataF
 
 def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
     """Rewrite trials.parquet, epochs.parquet and the manifest's checksums from the progress records."""
-    records = read_records(store, [r.run_id for r in space.runs])
+    records = read_records(store, [r.run_id for r, _ in reported_runs(space)])
     trials = trials_frame(space, records, live)
     store.write_bytes("trials.parquet", _parquet(trials))
     store.write_bytes("epochs.parquet", _parquet(epochs_frame(space, records)))
@@ -97,6 +102,7 @@ def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
     teacher_shas = sorted({r.teacher_sha256 for r in records.values() if r is not None and r.teacher_sha256})
     if teacher_shas:
         manifest["teacher"]["sha256"] = teacher_shas[0] if len(teacher_shas) == 1 else teacher_shas
+    manifest["report"] = report_settings(space)  # the runs outside the space may have changed since the start
     store.write_json("manifest.json", manifest)
     return trials
 
@@ -105,7 +111,10 @@ def write_space_and_manifest(space: Space, store: Store, device: str, ray_versio
     """At the start of a sweep: the space as run, and a fresh manifest (start time, versions, device)."""
     import torch
 
-    store.write_bytes("space.yaml", yaml.safe_dump(space_as_run(space), sort_keys=False).encode())
+    text = yaml.safe_dump(space_as_run(space), sort_keys=False).encode()
+    if store.exists("space.yaml") and store.read_bytes("space.yaml") != text:  # the space changed: keep the old
+        store.write_bytes(f"history/space-{time.strftime('%Y%m%d-%H%M%S')}.yaml", store.read_bytes("space.yaml"))
+    store.write_bytes("space.yaml", text)
     f = space.file
     manifest = read_manifest(store) if store.exists("manifest.json") else {}
     manifest.update({
@@ -118,7 +127,9 @@ def write_space_and_manifest(space: Space, store: Store, device: str, ray_versio
         "first_started_at": manifest.get("first_started_at") or _now(),
         "dataset": space.file.dataset.model_dump(),
         "recipe": space.runs[0].recipe.as_record(),
-        "teacher": {"arch": f.teacher.arch, "checkpoint": space.teacher.spec.checkpoint,
+        # A teacher trained here is named relative to the experiment folder, which may move.
+        "teacher": {"arch": f.teacher.arch, "checkpoint": space.teacher.spec.checkpoint.removeprefix(f"{space.root}/"),
+                    "identity": space.teacher_identity,
                     "trained_by_kdsweep": space.teacher.training_run is not None,
                     "expected_accuracy": f.teacher.expected_accuracy,
                     "test_acc": manifest.get("teacher", {}).get("test_acc")},
@@ -138,21 +149,6 @@ def space_as_run(space: Space) -> dict:
     return raw
 
 
-def open_experiment(location: str) -> tuple[Space, Store]:
-    """The space and store of an existing experiment folder (a path or URI), as it was last run."""
-    from kdsweep.errors import UserError
-    from kdsweep.space import load_space
-
-    store = Store(location)
-    if not store.exists("space.yaml"):
-        raise UserError(
-            f"{store.root} is not a kdsweep experiment (it has no space.yaml). Give the experiment folder, "
-            f"<storage>/<experiment>, that `kdsweep run SPACE.yaml` created."
-        )
-    text = store.read_bytes("space.yaml").decode()
-    return load_space(store.location("space.yaml"), text=text, root=store.root), store
-
-
 def mark_finished(store: Store) -> None:
     manifest = read_manifest(store)
     manifest["finished_at"] = _now()
@@ -161,16 +157,18 @@ def mark_finished(store: Store) -> None:
 
 def report_settings(space: Space) -> dict:
     f = space.file
+    outside_variants = list({r.labels["variant"]: {"name": r.labels["variant"], "title": r.labels["title"]}
+                             for r in space.outside if r.labels["variant"] not in f.variants}.values())
     return {
         "baseline": f.baseline.model_dump(),
         "teacher_display": f.teacher.display_name or f.teacher.arch,
         "student_display": f.student.display_name or STUDENT_DISPLAY.get(f.student.arch, f.student.arch),
         "loss_display": {**LOSS_DISPLAY, **f.report.loss_names},
         "select": f.report.select,
-        "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()],
+        "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()] + outside_variants,
         "losses": list(f.axes.loss),
         "seeds": list(f.axes.seed),
-        "runs_per_cell": dict(Counter(r.labels["cell_id"] for r in space.runs)),
+        "runs_per_cell": dict(Counter(r.labels["cell_id"] for r in space.runs)),  # runs outside it: planned by none
     }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from kdsweep.sweep import results
+from kdsweep.sweep import results, scope
+from kdsweep.sweep.experiment import open_experiment, other_configurations
 from kdsweep.sweep.lock import ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records
 from kdsweep.sweep.progress import epochs_since, eta_seconds, summarise
@@ -20,9 +21,9 @@ def experiment_location(target: str) -> str:
 
 
 def status_text(target: str) -> str:
-    space, store = results.open_experiment(experiment_location(target))
+    space, store = open_experiment(experiment_location(target))
     live = is_held(store)
-    records = read_records(store, [r.run_id for r in space.runs])
+    records = read_records(store, [r.run_id for r in (*space.runs, *space.outside)])
     summary = summarise(space, records, live)
     elapsed = eta = None
     if live:  # the running sweep's elapsed time and, at its rate so far, the time left
@@ -39,6 +40,15 @@ def status_text(target: str) -> str:
             extra = f" at epoch {row.diverged_epoch}" if status == "diverged" else ""
             extra += f": {row.error}" if status == "failed" and row.error else ""
             lines.append(f"  {status}: {row.student_id} ({row.epochs_done}/{row.epochs} epochs){extra}")
+    if space.outside:
+        done = sum(1 for r in space.outside if (rec := records.get(r.run_id)) is not None and rec.finished)
+        lines.append(f"  outside the current space: {scope.describe_runs(list(space.outside))}, {done} finished; "
+                     f"reported beside the space's runs (`kdsweep report --only-current` leaves them out)")
+    other = other_configurations(space, store)
+    if other:
+        lines.append(f"  {len(other)} run folder{'s' if len(other) != 1 else ''} of another configuration (an earlier "
+                     f"recipe, dataset or teacher), kept on disk and not reported: {', '.join(other[:3])}"
+                     + (", ..." if len(other) > 3 else ""))
     if summary.counts.get("pending") and not live:
-        lines.append(f"  run `kdsweep run {store.location('space.yaml')}` (or your space file) to continue")
+        lines.append(f"  run `kdsweep run {store.root}` (or your space file) to continue")
     return "\n".join(lines)
