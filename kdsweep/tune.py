@@ -54,6 +54,10 @@ def connect(address: str | None, resources: Resources) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Ray starts its workers at nice 15, so on a machine where anything else runs (a shared workstation, another
+    # job) the trials - all of kdsweep's training - get a sliver of the CPU (measured: 4% of a core beside two
+    # busy loops on 2 cores). The embedded Ray's raylet reads this at start (docs/ray-notes.md, pitfall 9).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": _env_not_set_by_job(WORKER_ENV)}
     if ray.is_initialized():  # a session the caller started (a notebook, the test suite): use it, leave it running

@@ -9,6 +9,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 RUN_MARK = f"KDSWEEP_TEST_RUN={os.getpid()}-{os.urandom(4).hex()}"
 os.environ["KDSWEEP_TEST_RUN"] = RUN_MARK.split("=", 1)[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as kdsweep's embedded Ray (tune.connect): trials at nice 0
 
 import torch  # noqa: E402
 

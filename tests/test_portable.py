@@ -153,7 +153,8 @@ def test_an_experiment_from_kdsweep_0_1_resumes_without_retraining(ray_session, 
 # --- Scope changes -------------------------------------------------------------------------------------------------
 
 def test_scope_changes_are_said_before_anything_trains_and_lose_nothing(ray_session, tmp_path, capsys):
-    path = space_file(tmp_path, tiny_space(tmp_path / "results", seeds=(0, 1)))
+    teacher = save_teacher(tmp_path / "t.pth")  # (a trained one would be trained again by --as-new-experiment)
+    path = space_file(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0, 1)))
     root = tmp_path / "results" / "tiny"
     assert kdsweep(capsys, "run", str(path), "--no-report")[0] == 0
 

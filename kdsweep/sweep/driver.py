@@ -41,16 +41,7 @@ def run_sweep(space: Space, address: str | None = None, report: bool = True, *, 
     with ExperimentLock(store):
         legacy = legacy_ids(space, store)
         space = attach(space, store, legacy)  # the experiment's 0.1 run folders, and its runs outside the space
-        change = scope.compare(space, store, legacy)
-        if change.context and not replace:  # none of the runs on disk would count: say how many that is
-            students = [n for n in store.list("runs") if space.teacher.training_run is None
-                        or n != space.teacher.training_run.run_id]
-            finished = sum(1 for r in read_records(store, students).values() if r is not None and r.finished)
-            scope.refuse_context_change(change, store, finished)
-        if change.context or change.added or change.removed:
-            print(f"kdsweep: this space differs from the one {store.root} last ran:")
-            for line in [f"  ! {c} (--replace: earlier runs leave the tables)" for c in change.context] + change.lines():
-                print(line)
+        scope.announce(scope.compare(space, store, legacy), space, store, replace)  # or refuse, before training
         # While it holds the lock, this run alone writes the experiment's tables (`kdsweep report` does not
         # export during a sweep): what an earlier driver killed mid-write left behind can go.
         for folder in ("", "plots"):

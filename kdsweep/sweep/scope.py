@@ -21,6 +21,7 @@ from kdsweep.space.expand import expand_runs, experiment_context
 from kdsweep.ids import CONTENT
 from kdsweep.storage import Store
 from kdsweep.sweep.experiment import SPACE, read_identity, stored_space_text, with_ids
+from kdsweep.sweep.plan import read_records
 
 _SHOWN = 4  # values listed per axis in a summary
 
@@ -64,6 +65,23 @@ def compare(space: Space, store: Store, legacy: dict[str, str]) -> ScopeChange:
     change.added = [r for r in space.runs if r.run_id not in before_ids]
     change.removed = [r for r in previous.runs if r.run_id not in named and r.run_id in on_disk]
     return change
+
+
+def announce(change: ScopeChange, space: Space, store: Store, replace: bool) -> None:
+    """Print what the space changes; a context change without `replace` is refused (UserError) instead."""
+    if change.context and not replace:
+        refuse_context_change(change, store, finished_students(space, store))
+    if change.context or change.added or change.removed:
+        print(f"kdsweep: this space differs from the one {store.root} last ran:")
+        for line in [f"  ! {c} (--replace: earlier runs leave the tables)" for c in change.context] + change.lines():
+            print(line)
+
+
+def finished_students(space: Space, store: Store) -> int:
+    """Finished student runs on disk, whatever space named them."""
+    teacher = space.teacher.training_run.run_id if space.teacher.training_run else None
+    students = [name for name in store.list("runs") if name != teacher]
+    return sum(1 for r in read_records(store, students).values() if r is not None and r.finished)
 
 
 def refuse_context_change(change: ScopeChange, store: Store, finished: int) -> None:
