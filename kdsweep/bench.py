@@ -50,7 +50,7 @@ from kdsweep.storage import Store
 
 PATHS = ("reference", "single", "group", "cache", "fused")
 GRID_STUDENTS, GRID_EPOCHS = 120, 240  # the full seed grid: 4 variants x 2 losses x 5 lrs x 3 seeds, 240 epochs
-BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core FLOP/s by card name (docs/performance.md)
+BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core FLOP/s by card name (docs/cost-model.md)
 
 
 @dataclass

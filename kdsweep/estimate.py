@@ -2,7 +2,7 @@
 
 Training a student costs about 3x its forward (forward + backward); the frozen teacher costs one forward per
 training image per *group* epoch when shared. The GPU-hour figure assumes 30% of an H100's dense bf16 peak
-(989 TFLOP/s), which the best hand-tuned CIFAR trainers reach (docs/performance.md); small students are launch-bound
+(989 TFLOP/s), which the best hand-tuned CIFAR trainers reach (docs/cost-model.md); small students are launch-bound
 and do worse, so read it as an order of magnitude.
 """
 

@@ -106,7 +106,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-# Per-run best-epoch accuracies. The seed report's own values where it has them (docs/seed-experiments.md, "What
+# Per-run best-epoch accuracies. The seed report's own values where it has them (docs/seed-study-runs.md, "What
 # tests/test_report.py relies on"), others chosen to reproduce the seed's printed mean ± std (66.88 ± 3.78,
 # 53.23 ± 0.38, 72.6 ± 0.41, 66.87 ± 3.78).
 GOLDEN_RUNS = {
