@@ -112,8 +112,9 @@ def write_space_and_manifest(space: Space, store: Store, device: str, ray_versio
     import torch
 
     text = yaml.safe_dump(space_as_run(space), sort_keys=False).encode()
-    if store.exists("space.yaml") and store.read_bytes("space.yaml") != text:  # the space changed: keep the old
-        store.write_bytes(f"history/space-{time.strftime('%Y%m%d-%H%M%S')}.yaml", store.read_bytes("space.yaml"))
+    before = store.read_bytes("space.yaml") if store.exists("space.yaml") else text
+    if before != text:  # the space changed: keep the one it replaces
+        store.write_bytes(f"history/space-{time.strftime('%Y%m%d-%H%M%S')}.yaml", before)
     store.write_bytes("space.yaml", text)
     f = space.file
     manifest = read_manifest(store) if store.exists("manifest.json") else {}
