@@ -37,6 +37,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                       "directory (default: .; results/, data/, .git are left out)")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs until it ends; exit 0 only when it succeeded")
+    p.add_argument("--only-current", action="store_true", help="as for `kdsweep run`")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--as-new-experiment", metavar="NAME", help="as for `kdsweep run`")
+    change.add_argument("--replace", action="store_true", help="as for `kdsweep run`")
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("jobs", help="list the kdsweep jobs of a Ray cluster with their state")
@@ -59,6 +63,7 @@ class JobPlan:
     storage: str  # absolute path (on the cluster) or URI
     working_dir: Path
     overrides: tuple[str, ...]
+    run_flags: tuple[str, ...] = ()  # `kdsweep run`'s scope flags: --replace, --as-new-experiment NAME, --only-current
 
     @property
     def root(self) -> str:
@@ -69,7 +74,8 @@ class JobPlan:
         shipped with it (a checkout's `kdsweep/`) before any installed one, so the code submitted is the code that
         runs; a working directory without one uses the image's kdsweep."""
         sets = [arg for override in self.overrides for arg in ("--set", override)]
-        return shlex.join(["python", "-m", "kdsweep", "run", self.space, "--storage", self.storage, *sets])
+        return shlex.join(["python", "-m", "kdsweep", "run", self.space, "--storage", self.storage, *sets,
+                           *self.run_flags])
 
     def runtime_env(self) -> dict:
         from kdsweep.cluster import WORKER_ENV, WORKING_DIR_EXCLUDES
@@ -86,9 +92,11 @@ class JobPlan:
         return f"kdsweep-{self.experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def plan_job(space_path: str, overrides: list[str], storage: str | None, working_dir: str) -> JobPlan:
+def plan_job(space_path: str, overrides: list[str], storage: str | None, working_dir: str,
+             run_flags: list[str] = ()) -> JobPlan:
     """Validate the space as the job will see it (relative paths taken from the working directory) and refuse a
-    storage location that would land in the job's temporary copy of that directory."""
+    storage location that would land in the job's temporary copy of that directory. `run_flags`: `kdsweep run`'s
+    scope flags, passed on to the job."""
     from kdsweep.cluster import SHARED_STORAGE_HINT
     from kdsweep.space import load_space
 
@@ -100,20 +108,26 @@ def plan_job(space_path: str, overrides: list[str], storage: str | None, working
     except ValueError:
         raise UserError(f"{space_path} is outside the working directory {workdir}, so the job would not have it: "
                         f"move it inside, or pass --working-dir.") from None
-    space = load_space(Path(workdir, space_rel), overrides + ([f"storage={storage}"] if storage else []), base=workdir)
+    flags = list(run_flags)
+    renamed = [f"experiment={flags[flags.index('--as-new-experiment') + 1]}"] if "--as-new-experiment" in flags else []
+    space = load_space(Path(workdir, space_rel), [*overrides, *([f"storage={storage}"] if storage else []), *renamed],
+                       base=workdir)
     chosen = storage or space.file.storage
     if not is_uri(chosen) and not Path(chosen).expanduser().is_absolute():
         raise UserError(
             f"storage '{chosen}' is a relative path: in a Ray job it would resolve inside the job's temporary working "
             f"directory on the head node, which other nodes cannot see and Ray deletes. On a cluster, "
             f"{SHARED_STORAGE_HINT}.")
-    return JobPlan(space_rel, space.file.experiment, len(space.runs), chosen, workdir, tuple(overrides))
+    return JobPlan(space_rel, space.file.experiment, len(space.runs), chosen, workdir, tuple(overrides),
+                   tuple(run_flags))
 
 
 def cmd_submit(args) -> int:
     from kdsweep.cluster import Cluster
 
-    plan = plan_job(args.space, args.overrides, args.storage, args.working_dir)
+    flags = (["--replace"] if args.replace else []) + (["--only-current"] if args.only_current else [])
+    flags += ["--as-new-experiment", args.as_new_experiment] if args.as_new_experiment else []
+    plan = plan_job(args.space, args.overrides, args.storage, args.working_dir, flags)
     cluster = Cluster(args.address)
     cluster.check_ray_version()
     job_id = cluster.submit(entrypoint=plan.entrypoint(), runtime_env=plan.runtime_env(), metadata=plan.metadata(),

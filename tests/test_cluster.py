@@ -335,6 +335,11 @@ def test_a_job_runs_kdsweep_run_in_the_shipped_working_directory(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(UserError, match="is outside the working directory .*/elsewhere, so the job would not have it"):
         plan_job(str(tmp_path / "spaces" / "x.yaml"), [], "s3://bucket/kd", str(tmp_path / "elsewhere"))
+    # `kdsweep run`'s scope flags travel with the job; a new experiment's folder is the one the job names.
+    plan = plan_job(str(tmp_path / "spaces" / "x.yaml"), [], "s3://bucket/kd", str(tmp_path),
+                    ["--only-current", "--as-new-experiment", "longer"])
+    assert plan.entrypoint().endswith("--storage s3://bucket/kd --only-current --as-new-experiment longer")
+    assert plan.root == "s3://bucket/kd/longer"
 
 
 def test_a_relative_storage_path_is_refused_before_submitting(tmp_path, monkeypatch, capsys):
