@@ -111,6 +111,7 @@ def test_rayjob_runs_the_full_grid_with_kdsweep_on_a_gpu_worker_group():
     for pod in pods:
         (container,) = pod["containers"]
         assert container["image"] == image()
+        assert {"name": "RAY_worker_niceness", "value": "0"} in container["env"]  # docs/ray-notes.md, pitfall 9
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
