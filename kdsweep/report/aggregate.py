@@ -149,14 +149,10 @@ def status_text(row: dict) -> str:
         parts = [f"{row[s]} {s}" for s in STATUS_COUNTS if s != "completed" and row[s]]
         text = f"n={row['n']}/{row['n_planned']}" + (f": {', '.join(parts)}" if parts else "")
     outside = row.get("outside", 0)
-    if outside:
-        text += "; outside the current space" if outside == len_runs(row) else f"; {outside} outside the current space"
+    if outside:  # all of the cell's rows in trials.parquet, or some of them
+        every = outside == row["n_planned"] - row["missing"]
+        text += "; outside the current space" if every else f"; {outside} outside the current space"
     return text
-
-
-def len_runs(row: dict) -> int:
-    """The runs a cell row has in trials.parquet (planned ones without a row are `missing`)."""
-    return row["n_planned"] - row["missing"]
 
 
 def verdict(mean: float, baseline: float | None, tolerance: float) -> str | None:

@@ -2,7 +2,7 @@
 
 Order: variants as written, then the loss axis, lr, any knob axes, and seed last. A run's id is readable
 (`multi-l2-lr0.01-s1-<hash>`) and the hash covers everything that determines its result (architectures, the
-teacher's identity, dataset, recipe, resolved method, lr, seed) and no location (`space/identity.py`), so editing a
+teacher's identity, dataset, recipe, resolved method, lr, seed) and no location (`kdsweep/ids.py`), so editing a
 space keeps the ids of unchanged runs, and a moved experiment keeps all of them: a resumed or extended sweep
 recognises finished work, and a changed recipe never reuses stale results.
 """
@@ -38,7 +38,7 @@ class Space:
     root: str  # experiment folder: <storage>/<experiment>, absolute path or URI
     data: DataSpec
     teacher: TeacherPlan
-    teacher_identity: dict  # the teacher's part of every run id (space/identity.py)
+    teacher_identity: dict  # the teacher's part of every run id (kdsweep/ids.py)
     runs: tuple[RunSpec, ...]
     # Once opened against its experiment folder (sweep/experiment.py): runs on disk that the space does not name
     # but whose configuration it shares (a seed or an lr since dropped from the axes). Reported, never trained.
