@@ -44,7 +44,8 @@ from kdsweep.engine.student import StudentTrainer, student_losses
 from kdsweep.engine.teacher import freeze
 from kdsweep.engine.teacher_runner import as_float
 from kdsweep.engine.teacher_source import TeacherSource, open_teacher_source
-from kdsweep.methods import MethodConfig, TeacherNeeds, compute_teacher_targets
+from kdsweep.methods import MethodSpec, StepContext, TeacherNeeds, compute_teacher_targets
+from kdsweep.methods.simkd import SimKDConfig
 from kdsweep.models import create_model
 from kdsweep.storage import Store
 
@@ -164,7 +165,7 @@ class _Bench:
         self.teacher = fast.layout(copy.deepcopy(self.reference_teacher))
         self.data = data
         self.device_data = data.to(device)
-        self.method = MethodConfig().resolved()  # SimKD: last-stage tap, MSE
+        self.method = MethodSpec("simkd", SimKDConfig())  # SimKD: last-stage tap, MSE
         self.cache_source: TeacherSource | None = None
         self.cache_build_s: float | None = None
         self.cache_views = 0
@@ -188,7 +189,7 @@ class _Bench:
 
         def step(i: int) -> None:
             indices, views = draws[i]
-            train_batch(self.device_data, indices, views, source, steppers, self.fast)
+            train_batch(self.device_data, indices, views, source, steppers, self.fast, StepContext(0, 1, i, len(draws)))
 
         shared_by = {"single": 1, "group": k}.get(path)  # the cache paths run no teacher forward
         flops = self._student_flops(trainers[0]) + (self._teacher_flops(needs) / shared_by if shared_by else 0.0)
@@ -275,7 +276,7 @@ class _Bench:
         x = torch.zeros(2, 3, 32, 32, device=self.device)
         targets = as_float(compute_teacher_targets(self.reference_teacher, x, unit.method.teacher_needs()))
         labels = torch.zeros(2, dtype=torch.long, device=self.device)
-        return 3 * _count_flops(lambda x: student_losses(unit, x, labels, targets), self.device)
+        return 3 * _count_flops(lambda x: student_losses(unit, x, labels, targets, StepContext(0, 1)), self.device)
 
 
 def peak_flops(device: torch.device, bf16: bool, teacher=None, batch_size: int = 64) -> tuple[float, str]:

@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher architecture (omit to train a model alone with cross-entropy)")
     p.add_argument("--teacher-checkpoint", help="teacher weights: {'model': state_dict} or a bare state_dict")
     p.add_argument("--method", action="append", default=[], metavar="KNOB=VALUE",
-                   help="method knob, repeatable: taps=multi, loss=kl, gate=teacher_correct, ce_weight=1, ...")
+                   help="the method and its knobs, repeatable: kind=dkd, beta=4; kind=simkd (the default with a "
+                        "teacher), taps=multi, loss=kl, ... (`kdsweep methods` lists them)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file that registers a method of your own (repeatable)")
     p.add_argument("--lr", type=float, nargs="+", default=[0.05], help="learning rate(s); default 0.05")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=240)
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_speed_flags(p)
     p.add_argument("--out", default="results/train", help="where run folders are written")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("methods", help="list the distillation methods and their knobs")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="also list a plug-in's methods")
+    p.set_defaults(handler=cmd_methods)
 
     from kdsweep import bench_command, cluster_command
 
@@ -179,13 +186,12 @@ def cmd_train(args) -> int:
     from kdsweep.data import DataSpec
     from kdsweep.engine import Recipe
     from kdsweep.single import TrainRequest, parse_method_knobs, train
+    from kdsweep.storage import absolute_location
 
     if args.dataset == "synthetic":
         data = DataSpec("synthetic", num_classes=args.synthetic_classes, train_size=args.train_size,
                         test_size=args.test_size)
     else:
-        from kdsweep.storage import absolute_location
-
         data = DataSpec("cifar100", root=absolute_location(args.data_root), download=args.download)
     if args.epochs < 1 or args.batch_size < 2:
         raise UserError(f"--epochs must be >= 1 and --batch-size >= 2, got {args.epochs} and {args.batch_size}.")
@@ -195,8 +201,22 @@ def cmd_train(args) -> int:
     req = TrainRequest(student=args.student, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
                        data=data, recipe=recipe, lrs=args.lr, seed=args.seed,
                        method=parse_method_knobs(args.method), out=args.out, device=args.device,
-                       threads=args.threads, execution={"teacher_cache": args.teacher_cache, **speed_switches(args)})
+                       threads=args.threads, execution={"teacher_cache": args.teacher_cache, **speed_switches(args)},
+                       plugins=tuple(absolute_location(p) for p in args.plugin))
     train(req)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from kdsweep import typed_config
+    from kdsweep.methods import load_plugins, methods
+    from kdsweep.storage import absolute_location
+
+    load_plugins(absolute_location(p) for p in args.plugin)
+    for name, cls in methods().items():
+        print(f"{name}: {cls.summary}{'' if cls.needs_teacher else ' [no teacher]'}")
+        for k in typed_config.knobs(cls.Config):
+            print(f"  {k.name:<16} {k.describe()}")
     return 0
 
 

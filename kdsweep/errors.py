@@ -17,13 +17,13 @@ class UserError(Exception):
     exit_code = 2
 
 
-def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known name most similar to `name`, or None when nothing is close."""
+def closest(name: str, known: Iterable[str], cutoff: float = 0.5) -> str | None:
+    """The known name most similar to `name`, or None when nothing is close (difflib's similarity < `cutoff`)."""
     known = list(known)
     lowered = {k.lower(): k for k in known}
     if name.lower() in lowered:
         return lowered[name.lower()]
-    match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
     return match[0] if match else None
 
 

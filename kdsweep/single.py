@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from kdsweep.data import DataSpec
 from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
 from kdsweep.errors import UserError
-from kdsweep.methods import MethodConfig
+from kdsweep.methods import load_plugins, method_problems, parse_method
+from kdsweep.models import feature_info
 from kdsweep.ids import digest, teacher_identity
 from kdsweep.yamlsafe import parse_value
 from kdsweep.storage import absolute_location
@@ -29,37 +30,40 @@ class TrainRequest:
     device: str = "auto"
     threads: int | None = None
     execution: dict = field(default_factory=dict)  # teacher_cache and the speed switches, as GroupSpec fields
+    plugins: tuple[str, ...] = ()  # files registering methods of the user's own (absolute paths)
 
 
 def parse_method_knobs(items: list[str]) -> dict:
-    """`--method taps=multi --method ce_weight=1` -> {"taps": "multi", "ce_weight": 1}."""
-    known = {f.name for f in fields(MethodConfig)}
+    """`--method kind=dkd --method beta=4` -> {"kind": "dkd", "beta": 4} (values parsed as YAML scalars)."""
     knobs = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or key not in known:
-            raise UserError(
-                f"--method {item}: expected KNOB=VALUE with KNOB one of {', '.join(sorted(known))} "
-                f"(e.g. --method taps=multi)."
-            )
-        value = parse_value(text)
-        knobs[key] = tuple(value) if isinstance(value, list) else value
+        if not sep or not key:
+            raise UserError(f"--method {item}: expected KNOB=VALUE, e.g. --method kind=dkd or --method taps=multi "
+                            f"(`kdsweep methods` lists every method and its knobs).")
+        knobs[key] = parse_value(text)
     return knobs
 
 
 def build_group(req: TrainRequest) -> GroupSpec:
-    kind = req.method.get("kind", "simkd" if req.teacher else "vanilla")
-    method = MethodConfig.from_record({**req.method, "kind": kind})
-    problems = method.problems()
+    load_plugins(req.plugins)
+    values = {"kind": "simkd" if req.teacher else "vanilla", **req.method}
+    problems = method_problems(values, "--method")
     if problems:
-        raise UserError("; ".join(f"--method {k}: expected {what}" for k, what in problems) + ".")
-    method = method.resolved()
-    if kind != "vanilla" and not (req.teacher and req.teacher_checkpoint):
+        raise UserError("; ".join(f"{p.replace('--method.', '--method ')}: {m}" for p, m in problems)
+                        + ". `kdsweep methods` lists every method and its knobs.")
+    method = parse_method(values)
+    kind = method.kind
+    if method.method.needs_teacher and not (req.teacher and req.teacher_checkpoint):
         raise UserError(f"method '{kind}' needs --teacher ARCH and --teacher-checkpoint FILE.")
+    pair = method.method.config_problems(method.config, feature_info(req.student),
+                                         feature_info(req.teacher) if req.teacher else None)
+    if pair:
+        raise UserError("; ".join(f"--method {k}: expected {m}" for k, m in pair) + ".")
     if any(lr <= 0 for lr in req.lrs):
         raise UserError(f"--lr must be > 0, got {req.lrs}.")
     teacher = None
-    if kind != "vanilla":
+    if method.method.needs_teacher:
         teacher = TeacherSpec(req.teacher, absolute_location(req.teacher_checkpoint))
     # The teacher by its tensors, not its path (ids.py): the same weights elsewhere resume the same runs.
     teacher_id = teacher and teacher_identity(teacher.arch, teacher.checkpoint, None)
@@ -72,7 +76,8 @@ def build_group(req: TrainRequest) -> GroupSpec:
                             labels={"variant": kind, "title": kind, "cell_id": run_id}))
     group_id = f"train-{digest([r.run_id for r in runs])}"
     return GroupSpec(group_id=group_id, seed=req.seed, data=req.data, teacher=teacher, runs=tuple(runs),
-                     storage=absolute_location(req.out), device=req.device, threads=req.threads, **req.execution)
+                     storage=absolute_location(req.out), device=req.device, threads=req.threads,
+                     plugins=tuple(req.plugins), **req.execution)
 
 
 def train(req: TrainRequest) -> list[dict]:
@@ -85,9 +90,10 @@ def train(req: TrainRequest) -> list[dict]:
     def show(epoch: EpochReport) -> None:
         for s in epoch.students:
             lr = next(r.lr for r in group.runs if r.run_id == s["run_id"])
-            masked = f"  masked {s['masked_frac']:.3f}" if s["masked_frac"] is not None else ""
+            extra = "".join(f"  {k.removeprefix('train_loss_')} {v:.4g}" for k, v in s["measured"].items()
+                            if v is not None)
             print(f"epoch {epoch.epoch:>3}/{req.recipe.epochs}  lr {lr:g}  test {s['test_acc']:6.2f}%  "
-                  f"best {s['best_acc']:6.2f}%  loss {s['train_loss']:.4g}{masked}  [{s['status']}]  "
+                  f"best {s['best_acc']:6.2f}%  loss {s['train_loss']:.4g}{extra}  [{s['status']}]  "
                   f"{epoch.seconds:.1f}s", flush=True)
 
     records = run_group(group, on_epoch=show)

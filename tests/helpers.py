@@ -8,10 +8,15 @@ import torch
 
 from kdsweep.data import DataSpec
 from kdsweep.engine import GroupSpec, Recipe, RunSpec, TeacherSpec
-from kdsweep.methods import MethodConfig
+from kdsweep.methods import MethodSpec, parse_method
 from kdsweep.models import create_model
 
 TINY_DATA = DataSpec("synthetic", num_classes=10, train_size=192, test_size=64, seed=0)
+
+
+def method_spec(**knobs) -> MethodSpec:
+    """A method from knobs as a search space would give them; `kind` defaults to simkd."""
+    return parse_method(knobs)
 
 
 def save_teacher(path: Path, arch: str = "resnet8", num_classes: int = 10, seed: int = 0) -> str:
@@ -26,7 +31,7 @@ def save_teacher(path: Path, arch: str = "resnet8", num_classes: int = 10, seed:
 def run_spec(run_id: str, lr: float = 0.05, seed: int = 0, epochs: int = 2, arch: str = "resnet8",
              checkpoint_every: int = 1, batch_size: int = 32, **knobs) -> RunSpec:
     recipe = Recipe(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
-    return RunSpec(run_id, arch, MethodConfig(**knobs).resolved(), lr, seed, recipe,
+    return RunSpec(run_id, arch, method_spec(**knobs), lr, seed, recipe,
                    labels={"variant": run_id, "title": run_id, "cell_id": run_id})
 
 

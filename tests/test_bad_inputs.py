@@ -26,9 +26,9 @@ EXPECTED = {
     "unknown_keys.yaml": ["recipe.epoch: unknown key (did you mean 'epochs'?); allowed here: epochs",
                           "varaints: unknown key (did you mean 'variants'?)"],
     "unknown_names.yaml": ["student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known: MobileNetV2",
-                           "variants.multi.method.taps: Input should be 'last', 'multi' or 'all_blocks' "
-                           "(did you mean 'multi'?); got 'mutli'",
-                           "axes.loss[1]: Input should be 'l2', 'kl' or 'kl_raw' (did you mean 'kl'?); got 'kld'",
+                           "variants.multi.method.taps: expected one of last, multi, all_blocks "
+                           "(did you mean 'multi'?), got 'mutli'",
+                           "axes.loss[1]: expected one of l2, kl, kl_raw (did you mean 'kl'?), got 'kld'",
                            # a cross-section problem, reported beside the schema's
                            "baseline.variant: unknown variant 'simdk' (did you mean 'simkd'?); known: multi, simkd",
                            "is invalid (4 problems)"],

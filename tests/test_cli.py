@@ -22,7 +22,7 @@ def test_dry_run_prints_cells_groups_and_cost(capsys, tmp_path):
     assert f"experiment simkd-mnv2x2-full-grid -> {tmp_path}/simkd-mnv2x2-full-grid" in out
     assert "40 cells, 120 runs (0 already finished)" in out
     assert "15 trial groups of up to 8 students (resources per trial: 4 CPU, 1 GPU):" in out
-    assert "multi            l2         0.01      3  taps=multi gate=none ce=0 kd=0 eval=teacher_classifier" in out
+    assert "multi            l2         0.01      3  kind=simkd taps=multi\n" in out
     assert "596.2 PFLOP with the teacher shared per group: ~33 minutes of H100 at 30% of peak" in out
     assert "3,325.4 PFLOP if every student re-ran the teacher: ~3.1 hours of H100" in out
     assert not list(tmp_path.iterdir()), "a dry run writes nothing"
@@ -43,8 +43,15 @@ def test_usage_errors_exit_2_with_one_paragraph(capsys, tmp_path):
     assert f"{tmp_path} is not a kdsweep experiment (it has no space.yaml)" in capsys.readouterr().err
     assert main(["train", "--student", "resnet32x8", "--dataset", "synthetic"]) == 2
     assert "unknown model 'resnet32x8' (did you mean 'resnet32x4'?)" in capsys.readouterr().err
-    assert main(["train", "--student", "resnet8", "--method", "taps=mutli", "--dataset", "synthetic"]) == 2
-    assert "--method taps: expected one of last, multi, all_blocks" in capsys.readouterr().err
+    assert main(["train", "--student", "resnet8", "--method", "kind=simkd", "--method", "taps=mutli",
+                 "--dataset", "synthetic"]) == 2
+    assert ("kdsweep: error: --method taps: expected one of last, multi, all_blocks (did you mean 'multi'?), "
+            "got 'mutli'. `kdsweep methods` lists every method and its knobs.\n") == capsys.readouterr().err
+    assert main(["train", "--student", "resnet8", "--method", "taps=multi", "--dataset", "synthetic"]) == 2
+    assert ("kdsweep: error: --method taps: unknown knob 'taps'; method vanilla has no knobs. "
+            "`kdsweep methods` lists every method and its knobs.\n") == capsys.readouterr().err  # no teacher: vanilla
+    assert main(["train", "--student", "resnet8", "--method", "kind=dkd", "--dataset", "synthetic"]) == 2
+    assert "method 'dkd' needs --teacher ARCH and --teacher-checkpoint FILE." in capsys.readouterr().err
 
 
 def test_train_takes_the_speed_switches_and_records_them(tmp_path, capsys):

@@ -35,15 +35,17 @@ def teacher(tmp_path_factory):
 
 
 def test_one_epoch_of_every_variant_is_above_chance(tmp_path, teacher, monkeypatch):
-    """taps x loss x gate, the authors' raw-feature KL with CE + KD on the student head, and the plain context
-    methods (vanilla CE, Hinton KD): each student one epoch at batch 64, all in one group sharing the teacher
+    """taps x loss x gate, the authors' raw-feature KL with CE + KD on the student head, and the methods SimKD is
+    compared with (vanilla CE, Hinton KD, DKD, FitNet): each student one epoch at batch 64, all in one group sharing the teacher
     forward. The frozen teacher leaves the group exactly as it was loaded, BatchNorm statistics included."""
     runs = [run_spec(f"{taps}-{loss}-{gate}", taps=taps, loss=loss, gate=gate, epochs=1, batch_size=64)
             for taps in ("last", "multi", "all_blocks") for loss in ("l2", "kl") for gate in ("none", "teacher_correct")]
     runs += [run_spec("raw-aux", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=0.01,
                       epochs=1, batch_size=64),
              run_spec("vanilla", kind="vanilla", epochs=1, batch_size=64),
-             run_spec("kd", kind="kd", epochs=1, batch_size=64)]
+             run_spec("kd", kind="kd", epochs=1, batch_size=64),
+             run_spec("dkd", kind="dkd", warmup_epochs=1, epochs=1, batch_size=64),
+             run_spec("fitnet", kind="fitnet", epochs=1, batch_size=64)]
     loaded = []
     monkeypatch.setattr(group_module, "load_teacher", lambda *a: loaded.append(load_teacher(*a)) or loaded[-1])
     records = run_group(group_spec(runs, tmp_path, teacher, data=LEARNABLE))
@@ -93,7 +95,7 @@ def test_group_trains_every_variant_above_chance(grouped):
         assert r["teacher_acc"] is not None
     gated = records[1]["history"][-1]
     assert 0.0 <= gated["masked_frac"] <= 1.0
-    assert records[0]["history"][-1]["masked_frac"] is None
+    assert "masked_frac" not in records[0]["history"][-1]  # an ungated run measures no mask
     assert records[3]["history"][-1]["train_loss_ce"] > 0 and records[3]["history"][-1]["train_loss_kd"] > 0
 
 
@@ -280,7 +282,7 @@ def test_fused_students_match_students_trained_alone(tmp_path, teacher, monkeypa
     (Some settings amplify rounding chaotically: a gated KL student at lr 0.1 turns a 1e-7 nudge of its initial
     weights into 2e-2 within four steps, fused or not, so the test keeps to a well-conditioned one.)"""
     gated = {"taps": "multi", "gate": "teacher_correct"}
-    runs = small_runs(("gated", gated), lrs=(0.05, 0.02, 0.01)) + small_runs(("simkd", {}))  # 3 fuse, 1 alone
+    runs = small_runs(("gated", gated), lrs=(0.02, 0.01, 0.005)) + small_runs(("simkd", {}))  # 3 fuse, 1 alone
     fused_steps = []
     fused_step = FusedStudents.step
     monkeypatch.setattr(FusedStudents, "step", lambda self, *a: fused_steps.append(len(self.trainers)) or

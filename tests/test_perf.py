@@ -18,11 +18,13 @@ from kdsweep.engine.teacher_cache import TeacherCache, cache_bytes
 from kdsweep.engine.teacher_runner import TeacherRunner
 from kdsweep.engine.teacher_source import open_teacher_source
 from kdsweep.errors import UserError
-from kdsweep.methods import MethodConfig, TargetKey, TeacherNeeds, build_method
+from kdsweep.methods import StepContext, TargetKey, TeacherNeeds, build_method
 from kdsweep.methods.taps import FeatureRef
 from kdsweep.models import create_model
 from kdsweep.storage import Store
-from helpers import run_spec
+from helpers import method_spec, run_spec
+
+CONTEXT = StepContext(epoch=0, epochs=1)
 
 CPU = torch.device("cpu")
 # What multi-tap resnet8 students of a resnet8 teacher need (L2, and gated KL): two pooled stage maps and the logits.
@@ -127,7 +129,7 @@ def test_auto_switches_are_on_for_cuda_and_off_on_the_cpu():
 def student(teacher, seed=0, **knobs) -> StudentUnit:
     torch.manual_seed(seed)
     model = create_model("resnet8", num_classes=10)
-    return StudentUnit(model, build_method(MethodConfig(**knobs).resolved(), model, teacher))
+    return StudentUnit(model, build_method(method_spec(**knobs), model, teacher))
 
 
 def test_bf16_autocast_on_the_cpu_stays_close_to_fp32_and_halves_the_cache(teacher):
@@ -149,8 +151,8 @@ def test_bf16_autocast_on_the_cpu_stays_close_to_fp32_and_halves_the_cache(teach
     images = augment(data.train_images[indices], views, data.mean, data.std)
     labels = torch.tensor([0, 1, 2, 3])
     with bf16.autocast(CPU):
-        low, _, _ = student_losses(unit, images, labels, exact)
-    high, _, _ = student_losses(unit, images, labels, exact)
+        low, _, _ = student_losses(unit, images, labels, exact, CONTEXT)
+    high, _, _ = student_losses(unit, images, labels, exact, CONTEXT)
     torch.testing.assert_close(low.float(), high, rtol=0.05, atol=1e-3)
 
 
@@ -164,7 +166,7 @@ def test_channels_last_gives_the_same_gradients_to_rounding(teacher):
         x = fast.layout(images)
         assert x.is_contiguous(memory_format=torch.channels_last) == fast.channels_last
         assert unit.model.conv1.weight.is_contiguous(memory_format=torch.channels_last) == fast.channels_last
-        loss, _, _ = student_losses(unit, x, labels, targets)
+        loss, _, _ = student_losses(unit, x, labels, targets, CONTEXT)
         loss.backward()
         grads.append({n: p.grad for n, p in unit.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
@@ -198,8 +200,8 @@ def test_compiled_step_is_traced_once_and_reused_by_every_student(teacher, count
     assert fastpath.compiled(student_losses) is step  # one compiled function per process
     for seed in (0, 1, 2):
         eager, compiled = student(teacher, seed, **GATED_KL), student(teacher, seed, **GATED_KL)
-        expected, _, _ = student_losses(eager, images, labels, targets)
-        got, _, _ = step(compiled, images, labels, targets)
+        expected, _, _ = student_losses(eager, images, labels, targets, CONTEXT)
+        got, _, _ = step(compiled, images, labels, targets, CONTEXT)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
         got.backward()
         expected.backward()
@@ -217,7 +219,7 @@ def test_a_resumed_optimizer_takes_its_parameters_layout(teacher, tmp_path):
     saved = StudentTrainer(run, "g", teacher, 10, CPU, store)
     saved.begin_epoch(0)
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    saved.step(images, torch.arange(8), TeacherRunner(teacher, NEEDS, 8, FastPath())(images))
+    saved.step(images, torch.arange(8), TeacherRunner(teacher, NEEDS, 8, FastPath())(images), CONTEXT)
     saved.end_epoch(0, 0.0, 1.0, 8)
     saved.save_checkpoint()
     resumed = StudentTrainer(run, "g", teacher, 10, CPU, store, FastPath(channels_last=True))
@@ -263,8 +265,8 @@ def test_fused_students_compile_into_one_graph_that_steps_like_eager(teacher, tm
     labels = torch.arange(8)
     targets = TeacherRunner(teacher, NEEDS, 8, FastPath())(images)
     for _ in range(2):
-        eager.step(images, labels, targets)
-        compiled.step(images, labels, targets)
+        eager.step(images, labels, targets, CONTEXT)
+        compiled.step(images, labels, targets, CONTEXT)
     assert len(counting_compiler) == 1
     for name in eager.params:
         torch.testing.assert_close(compiled.params[name], eager.params[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -31,7 +31,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kdsweep.engine.fastpath import FastPath, compiled
 from kdsweep.engine.student import EpochTotals, StudentTrainer, StudentUnit
-from kdsweep.methods import TeacherTargets
+from kdsweep.methods import StepContext, TeacherTargets
 
 
 def fusion_key(trainer: StudentTrainer) -> tuple:
@@ -51,15 +51,13 @@ def student_steppers(trainers: list[StudentTrainer], fast: FastPath) -> list:
 
 
 def fused_losses(template: StudentUnit, params: dict, buffers: dict, images: torch.Tensor, labels: torch.Tensor,
-                 targets: TeacherTargets):
-    """(total, parts, kept) with a leading student axis: `template`'s loss under every student's weights."""
+                 targets: TeacherTargets, context: StepContext):
+    """(total, parts, metrics) with a leading student axis: `template`'s loss under every student's weights."""
 
     def one(p, b):
-        loss, parts, kept = functional_call(template, (p, b), (images, labels, targets))
-        return (loss, parts) if kept is None else (loss, parts, kept)  # vmap returns tensors only
+        return functional_call(template, (p, b), (images, labels, targets, context))
 
-    out = vmap(one, randomness="error")(params, buffers)
-    return out if len(out) == 3 else (*out, None)
+    return vmap(one, randomness="error")(params, buffers)
 
 
 class FusedStudents:
@@ -88,12 +86,13 @@ class FusedStudents:
             buffers.append(torch.zeros_like(param) if buf is None else buf)
         return torch.stack(buffers)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets) -> None:
+    def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets, context: StepContext) -> None:
         with self.fast.autocast(self.device):
-            loss, parts, kept = self._losses(self.template, self.params, self.buffers, images, labels, targets)
+            loss, parts, metrics = self._losses(self.template, self.params, self.buffers, images, labels, targets,
+                                                context)
         loss.sum().backward()
         self._sgd()
-        self.totals.add(loss, parts, kept, labels.shape[0])
+        self.totals.add(loss, parts, metrics, labels.shape[0])
 
     @torch.no_grad()
     def _sgd(self) -> None:

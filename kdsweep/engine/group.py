@@ -23,10 +23,11 @@ from kdsweep.engine.evaluate import accuracy
 from kdsweep.engine.fastpath import FastPath, resolve_fast_path
 from kdsweep.engine.fused import student_steppers
 from kdsweep.engine.specs import GroupSpec
+from kdsweep.engine.records import measured
 from kdsweep.engine.student import StudentTrainer
 from kdsweep.engine.teacher import load_teacher
 from kdsweep.engine.teacher_source import TeacherSource, open_teacher_source
-from kdsweep.methods import TeacherNeeds
+from kdsweep.methods import StepContext, TeacherNeeds, load_plugins
 from kdsweep.models import FeatureModel
 from kdsweep.storage import Store
 
@@ -52,6 +53,7 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     warning, since the newer checkpoints were damaged or lost."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    load_plugins(spec.plugins)
     device = resolve_device(spec.device)
     store = Store(spec.storage)
     fast = resolve_fast_path(device, precision=spec.precision, channels_last=spec.channels_last,
@@ -102,8 +104,10 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
         steppers = student_steppers(training, fast)
         plan = epoch_plan(spec.seed, epoch, n_train).to(device)
         images_seen = 0
-        for indices, views in plan.batches(recipe.batch_size):
-            images_seen += train_batch(data, indices, views, source, steppers, fast)
+        batches = list(plan.batches(recipe.batch_size))
+        for step, (indices, views) in enumerate(batches):
+            context = StepContext(epoch, recipe.epochs, step, len(batches))
+            images_seen += train_batch(data, indices, views, source, steppers, fast, context)
         for stepper in steppers:
             stepper.finish()
         for t in training:
@@ -125,14 +129,14 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
 
 
 def train_batch(data: ImageData, indices: torch.Tensor, views: torch.Tensor, source: TeacherSource, steppers: list,
-                fast: FastPath) -> int:
+                fast: FastPath, context: StepContext) -> int:
     """One step of every student on the batch (indices, views): augment once, teacher targets once. Returns the
     batch size."""
     images = fast.layout(augment(data.train_images[indices], views, data.mean, data.std))
     labels = data.train_labels[indices]
     targets = source.targets(indices, views, images)
     for stepper in steppers:
-        stepper.step(images, labels, targets)
+        stepper.step(images, labels, targets, context)
     return labels.shape[0]
 
 
@@ -140,7 +144,7 @@ def _summary(t: StudentTrainer) -> dict:
     r = t.record
     last = r.history[-1] if r.history else {}
     return {"run_id": r.run_id, "status": r.status, "epoch": r.epochs_done, "test_acc": r.last_acc,
-            "best_acc": r.best_acc, "train_loss": last.get("train_loss"), "masked_frac": last.get("masked_frac"),
+            "best_acc": r.best_acc, "train_loss": last.get("train_loss"), "measured": measured(last),
             "checkpoint": r.checkpoint}
 
 

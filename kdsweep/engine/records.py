@@ -13,6 +13,17 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 
+# The keys every epoch entry has; the others are what the run's method measured: its loss parts
+# (train_loss_<part>) and its metrics, by their own names (kdsweep/methods/base.py: LossOutput).
+EPOCH_KEYS = ("epoch", "test_acc", "best_acc", "best_epoch", "lr_epoch", "train_loss", "images_per_s", "wall_s",
+              "finished_at")
+
+
+def measured(entry: dict) -> dict:
+    """The method's loss parts and metrics of one epoch entry, in the order it recorded them."""
+    return {k: v for k, v in entry.items() if k not in EPOCH_KEYS}
+
+
 STATUSES = ("pending", "running", "completed", "failed", "diverged")
 FINAL_STATUSES = ("completed", "diverged")  # never re-run
 
@@ -57,8 +68,9 @@ class RunRecord:
             self.best_acc, self.best_epoch = acc, entry["epoch"]
         entry["best_acc"], entry["best_epoch"] = self.best_acc, self.best_epoch  # best so far, and when
 
-    def masked_fraction(self) -> float | None:
-        values = [e["masked_frac"] for e in self.history if e.get("masked_frac") is not None]
+    def mean_over_epochs(self, key: str) -> float | None:
+        """The mean of an epoch key (e.g. the gate's masked_frac) over the epochs that recorded it."""
+        values = [e[key] for e in self.history if e.get(key) is not None]
         return sum(values) / len(values) if values else None
 
     def to_dict(self) -> dict:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from kdsweep.data import DataSpec
 from kdsweep.engine.recipe import Recipe
-from kdsweep.methods import MethodConfig
+from kdsweep.methods import MethodSpec, load_plugins
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class RunSpec:
 
     run_id: str
     student_arch: str
-    method: MethodConfig
+    method: MethodSpec  # the method's name and config (kdsweep/methods/registry.py)
     lr: float
     seed: int
     recipe: Recipe
@@ -34,7 +34,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
         return cls(
-            run_id=d["run_id"], student_arch=d["student_arch"], method=MethodConfig.from_record(d["method"]),
+            run_id=d["run_id"], student_arch=d["student_arch"], method=MethodSpec.from_record(d["method"]),
             lr=float(d["lr"]), seed=int(d["seed"]), recipe=Recipe.from_record(d["recipe"]),
             labels=dict(d.get("labels", {})),
         )
@@ -69,6 +69,7 @@ class GroupSpec:
     compile: str = "auto"  # auto | on | off: torch.compile of the student step
     fuse_students: str = "off"  # auto | on | off: vmap fusion of same-structure students (engine/fused.py)
     save_final: bool = True  # keep final student + projector + teacher-classifier weights per run
+    plugins: tuple[str, ...] = ()  # absolute paths of the space's plug-in files, imported before anything is built
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("runs", "data", "teacher")}
@@ -82,5 +83,7 @@ class GroupSpec:
         values = dict(d)
         values["data"] = DataSpec(**d["data"])
         values["teacher"] = TeacherSpec(**d["teacher"]) if d.get("teacher") else None
+        values["plugins"] = tuple(d.get("plugins", ()))
+        load_plugins(values["plugins"])  # a run's method may be a plug-in's
         values["runs"] = tuple(RunSpec.from_dict(r) for r in d["runs"])
         return cls(**values)

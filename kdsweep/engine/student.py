@@ -19,12 +19,11 @@ from kdsweep.engine.evaluate import accuracy
 from kdsweep.engine.fastpath import FastPath, compiled
 from kdsweep.engine.records import RunRecord
 from kdsweep.engine.specs import RunSpec
-from kdsweep.methods import Method, TeacherTargets, build_method
+from kdsweep.methods import Method, StepContext, TeacherTargets, build_method
 from kdsweep.models import FeatureModel, Intermediates, create_model
 from kdsweep.storage import Store
 
 CHECKPOINT_FORMAT = "kdsweep-run-v1"
-LOSS_PARTS = ("feat", "ce", "kd")
 
 
 class StudentUnit(nn.Module):
@@ -42,32 +41,34 @@ class StudentUnit(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.method.predict(self.intermediates(images))
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets):
-        """The training loss on one batch: (total, {part: weighted loss}, kept count or None)."""
-        return student_losses(self, images, labels, targets)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets, context: StepContext):
+        """The training loss on one batch: (total, {part: weighted loss}, {metric: batch mean})."""
+        return student_losses(self, images, labels, targets, context)
 
 
-def student_losses(unit: StudentUnit, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets):
-    """(total, parts, kept) of `unit` on a batch; a module-level function, so that torch.compile traces it once per
-    process and student structure and every student of that structure reuses the graph."""
-    out = unit.method.losses(unit.intermediates(images), targets, labels)
-    return sum(out.parts.values()), out.parts, out.kept
+def student_losses(unit: StudentUnit, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets,
+                   context: StepContext):
+    """(total, parts, metrics) of `unit` on a batch; a module-level function, so that torch.compile traces it once
+    per process and student structure and every student of that structure reuses the graph."""
+    out = unit.method.losses(unit.intermediates(images), targets, labels, context)
+    return sum(out.parts.values()), out.parts, out.metrics
 
 
 class EpochTotals:
-    """An epoch's loss sums (per-sample mean x batch size, summed over batches) and the kept-sample count, kept on
-    the device and read once per epoch, so the step never waits for the host. In a fused group every value has a
-    leading student axis and `select(k)` takes student k's."""
+    """An epoch's sums of the loss, its parts and the method's metrics (batch mean x batch size, summed over
+    batches), kept on the device and read once per epoch, so the step never waits for the host. Keys: "total",
+    "train_loss_<part>" and the metrics' own names, which are the epoch record's keys. In a fused group every value
+    has a leading student axis and `select(k)` takes student k's."""
 
     def __init__(self, sums: dict[str, torch.Tensor] | None = None, samples: int = 0):
         self.sums, self.samples = dict(sums or {}), samples
 
-    def add(self, loss: torch.Tensor, parts: dict, kept: torch.Tensor | None, n: int) -> None:
+    def add(self, loss: torch.Tensor, parts: dict, metrics: dict, n: int) -> None:
         self._add("total", loss.detach() * n)
         for name, value in parts.items():
+            self._add(f"train_loss_{name}", value.detach() * n)
+        for name, value in metrics.items():
             self._add(name, value.detach() * n)
-        if kept is not None:
-            self._add("kept", kept.detach())
         self.samples += n
 
     def _add(self, name: str, value: torch.Tensor) -> None:
@@ -161,13 +162,13 @@ class StudentTrainer:
         """torch's fused SGD kernel on CUDA; the single-tensor loop elsewhere (the bitwise reference)."""
         return {"fused": True, "foreach": False} if self.fast.fused_sgd else {"fused": None, "foreach": False}
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets) -> None:
+    def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets, context: StepContext) -> None:
         with self.fast.autocast(self.device):
-            loss, parts, kept = self._losses(self.unit, images, labels, targets)
+            loss, parts, metrics = self._losses(self.unit, images, labels, targets, context)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.totals.add(loss, parts, kept, labels.shape[0])
+        self.totals.add(loss, parts, metrics, labels.shape[0])
 
     def finish(self) -> None:
         """End of an epoch's steps: nothing to hand back, a lone student steps its own modules (see fused.py)."""
@@ -183,14 +184,13 @@ class StudentTrainer:
     def end_epoch(self, epoch: int, test_acc: float, seconds: float, images_seen: int) -> None:
         """Record the epoch; a non-finite loss marks the run diverged (its group-mates carry on)."""
         totals, samples = self.totals.read()
-        mean = {k: v / max(samples, 1) for k, v in totals.items() if k != "kept"}
+        mean = {k: v / max(samples, 1) for k, v in totals.items()}
         entry = {
             "epoch": epoch + 1,
             "test_acc": test_acc,
             "lr_epoch": self.optimizer.param_groups[0]["lr"],
-            "train_loss": mean.get("total", float("nan")),
-            **{f"train_loss_{k}": mean.get(k) for k in LOSS_PARTS},
-            "masked_frac": 1.0 - totals["kept"] / samples if "kept" in totals else None,
+            "train_loss": mean.pop("total", float("nan")),
+            **mean,  # every loss part (train_loss_<part>) and metric the method returned, under its own name
             "images_per_s": images_seen / seconds if seconds > 0 else None,
             "wall_s": seconds,
             "finished_at": time.time(),  # unix seconds: `kdsweep status` derives the sweep's rate from these

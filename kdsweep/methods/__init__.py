@@ -1,29 +1,29 @@
-"""Distillation methods: SimKD with its ablation knobs, and plain CE / Hinton-KD context rows."""
+"""Distillation methods, one file each, found by name in the registry (`registry.py`):
+
+  simkd    SimKD with the seed study's ablation knobs        kd       Hinton KD on the logits
+  dkd      Decoupled KD (target / non-target KL, warm-up)    fitnet   FitNets hint on one stage
+  vanilla  cross-entropy only (no teacher)
+
+`kdsweep methods` lists them with their knobs; docs/extending.md shows how to add one.
+"""
 
 from __future__ import annotations
 
-from kdsweep.methods.base import LossOutput, Method, PlainMethod
-from kdsweep.methods.config import KNOBS, MethodConfig
-from kdsweep.methods.simkd import SimKD
+from kdsweep.methods.base import LossOutput, Method, StepContext
+from kdsweep.methods.registry import (
+    MethodSpec,
+    build_method,
+    load_plugins,
+    method_class,
+    method_problems,
+    methods,
+    parse_method,
+    register_method,
+)
 from kdsweep.methods.teacher_targets import TargetKey, TeacherNeeds, TeacherTargets, compute_teacher_targets
-from kdsweep.models import FeatureModel
-
-
-def build_method(config: MethodConfig, student: FeatureModel, teacher: FeatureModel | None) -> Method:
-    """The method object for `config`; `teacher` may be None only for `vanilla`."""
-    problems = config.problems()
-    if problems:
-        raise ValueError("; ".join(f"{knob}: expected {what}" for knob, what in problems))
-    if config.kind == "vanilla":
-        return PlainMethod(config)
-    if teacher is None:
-        raise ValueError(f"method '{config.kind}' needs a teacher")
-    if config.kind == "kd":
-        return PlainMethod(config)
-    return SimKD(config, student, teacher)
-
 
 __all__ = [
-    "KNOBS", "LossOutput", "Method", "MethodConfig", "PlainMethod", "SimKD", "TargetKey", "TeacherNeeds",
-    "TeacherTargets", "build_method", "compute_teacher_targets",
+    "LossOutput", "Method", "MethodSpec", "StepContext", "TargetKey", "TeacherNeeds", "TeacherTargets",
+    "build_method", "compute_teacher_targets", "load_plugins", "method_class", "method_problems", "methods",
+    "parse_method", "register_method",
 ]

@@ -1,42 +1,62 @@
-"""What every method owns: its trainable extras, its named losses and its prediction path.
+"""What every method owns: its config, what it needs from the teacher, its trainable extras, its named losses, its
+metrics and its prediction path.
 
-The training loop knows nothing about methods (after mdistiller's `_base.py`): it runs the student, hands the
-student's intermediates and the teacher targets to `losses`, sums the returned parts, and scores test accuracy
-through `predict`. Evaluating the bare student instead of `predict` is the classic SimKD mistake: a SimKD student's
-own classifier is never trained.
+The training loop knows nothing about methods (after mdistiller's distiller base class): it runs the student, hands
+the student's intermediates, the teacher targets and a `StepContext` to `losses`, sums the returned parts, averages
+every part and metric over the epoch's samples into the run's records, and scores test accuracy through `predict`.
+Evaluating the bare student instead of `predict` is the classic SimKD mistake: a SimKD student's own classifier is
+never trained.
 
-The auxiliary terms on the student's own head live here because every method may use them:
-  ce  ce_weight * cross-entropy with the labels
-  kd  kd_weight * T^2 KL(teacher || student) on the logits (Hinton KD, T = kd_temperature)
+A method is one file in this package: a frozen config dataclass declared with `typed_config.knob`, and a `Method`
+subclass decorated with `@register_method` (`registry.py`), which names it. See docs/extending.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from kdsweep.methods.config import MethodConfig
-from kdsweep.methods.losses import cross_entropy_per_sample, kl_logits_per_sample
 from kdsweep.methods.teacher_targets import TeacherNeeds, TeacherTargets
-from kdsweep.models import Intermediates
+from kdsweep.models import FeatureInfo, FeatureModel, Intermediates
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where in training a step is, for schedules such as DKD's warm-up or FitNets' two stages."""
+
+    epoch: int  # 0-based epoch being trained
+    epochs: int  # epochs in the run
+    step: int = 0  # 0-based step within the epoch
+    steps_per_epoch: int = 1
 
 
 @dataclass
 class LossOutput:
-    parts: dict[str, torch.Tensor]  # weighted terms, e.g. {"feat": ..., "ce": ...}; the loss is their sum
-    kept: torch.Tensor | None = None  # samples the gate kept in this batch (a 0-d tensor); None without a gate
+    # Weighted batch losses by name, e.g. {"feat": ..., "ce": ...}; the training loss is their sum, in this order.
+    parts: dict[str, torch.Tensor]
+    # Batch means of what else the method measures, e.g. {"masked_frac": ...} (the gate's dropped share). No
+    # gradient flows through them; each becomes a column of epochs.parquet and trials.parquet under its name.
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Method(nn.Module):
-    def __init__(self, config: MethodConfig):
+    name: ClassVar[str]  # set by @register_method
+    Config: ClassVar[type]  # the frozen dataclass of its knobs
+    summary: ClassVar[str] = ""  # one line for `kdsweep methods`
+    needs_teacher: ClassVar[bool] = True
+    # Report names of the labels `loss_label` returns (results.md's "Loss" column).
+    loss_display: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config, student: FeatureModel, teacher: FeatureModel | None):
         super().__init__()
-        self.config = config.resolved()
+        self.config = config
 
     # What the group must compute before calling `losses`.
     def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(logits=self.config.kd_weight > 0)
+        return TeacherNeeds()
 
     @property
     def needs_student_blocks(self) -> bool:
@@ -44,26 +64,29 @@ class Method(nn.Module):
 
     @property
     def needs_student_head(self) -> bool:
-        c = self.config
-        return c.ce_weight > 0 or c.kd_weight > 0 or c.eval_head == "student"
+        return True
 
-    def losses(self, student: Intermediates, targets: TeacherTargets, labels: torch.Tensor) -> LossOutput:
-        return LossOutput(self.auxiliary_losses(student, targets, labels))
-
-    def auxiliary_losses(self, student: Intermediates, targets: TeacherTargets, labels: torch.Tensor) -> dict:
-        c = self.config
-        parts = {}
-        if c.ce_weight > 0:
-            parts["ce"] = c.ce_weight * cross_entropy_per_sample(student.logits, labels).mean()
-        if c.kd_weight > 0:
-            kd = kl_logits_per_sample(student.logits, targets.logits, c.kd_temperature)
-            parts["kd"] = c.kd_weight * kd.mean()
-        return parts
+    def losses(self, student: Intermediates, targets: TeacherTargets, labels: torch.Tensor,
+               context: StepContext) -> LossOutput:
+        raise NotImplementedError
 
     def predict(self, student: Intermediates) -> torch.Tensor:
         """Logits used for test accuracy."""
         return student.logits
 
+    # Declarations the sweep reads without building the method -------------------------------------------------
+    @classmethod
+    def loss_label(cls, config) -> str:
+        """What the report's Loss column shows for runs of this config (SimKD: its feature loss)."""
+        return cls.name
 
-class PlainMethod(Method):
-    """`vanilla` (cross-entropy only: also how teachers are trained) and `kd` (Hinton KD): the context rows."""
+    @classmethod
+    def teacher_load(cls, config) -> int:
+        """How many teacher maps it taps, as a rank (0: logits or nothing): groups are packed in this order so that
+        students with huge teacher caches fill groups of their own (sweep/plan.py)."""
+        return 0
+
+    @classmethod
+    def config_problems(cls, config, student: FeatureInfo, teacher: FeatureInfo | None) -> list[tuple[str, str]]:
+        """(knob, expectation) for settings that are invalid together or for this student/teacher pair."""
+        return []

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kdsweep.methods.config import MethodConfig
 from kdsweep.models import FeatureInfo
+
+TAPS = ("last", "multi", "all_blocks")  # SimKD's tap choices, in increasing number of teacher maps
 
 
 @dataclass(frozen=True, order=True)
@@ -43,8 +44,9 @@ class TapPair:
         return min(self.student_size, self.teacher_size)
 
 
-def plan_taps(config: MethodConfig, student: FeatureInfo, teacher: FeatureInfo) -> list[TapPair]:
-    """The tap pairs of a SimKD-family method, shallowest first; the last one feeds the teacher classifier."""
+def plan_taps(config, student: FeatureInfo, teacher: FeatureInfo) -> list[TapPair]:
+    """The tap pairs of a SimKD config (taps, multi_weights, pairing, last_weight), shallowest first; the last one
+    feeds the teacher classifier."""
     n_s, n_t = len(student.stage_channels), len(teacher.stage_channels)
     last = (FeatureRef("stage", n_s - 1), FeatureRef("stage", n_t - 1))
     if config.taps == "last":

@@ -5,9 +5,9 @@ and RepDistiller (the plain CIFAR ResNets), so their checkpoints load with `stri
 """
 
 from kdsweep.models.base import FeatureInfo, FeatureModel, Intermediates
-from kdsweep.models.registry import create_model, list_models, register_model
+from kdsweep.models.registry import create_model, feature_info, list_models, register_model
 
 # Importing the architecture modules registers their names.
 from kdsweep.models import resnet_cifar, mobilenetv2_cifar, vgg_cifar, shufflenetv2_cifar  # noqa: E402,F401
 
-__all__ = ["FeatureInfo", "FeatureModel", "Intermediates", "create_model", "list_models", "register_model"]
+__all__ = ["FeatureInfo", "FeatureModel", "Intermediates", "create_model", "feature_info", "list_models", "register_model"]

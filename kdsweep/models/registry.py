@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 from kdsweep.errors import UserError, unknown_name
 from kdsweep.models.base import FeatureModel
@@ -30,3 +31,12 @@ def create_model(name: str, num_classes: int = 100) -> FeatureModel:
     if name not in _MODELS:
         raise UserError(unknown_name("model", name, _MODELS))
     return _MODELS[name](num_classes=num_classes)
+
+
+@cache
+def feature_info(name: str):
+    """The FeatureInfo of model `name` (built once on the CPU, under a forked RNG so no caller's seed moves)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return create_model(name, num_classes=10).feature_info

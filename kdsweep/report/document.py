@@ -23,7 +23,8 @@ from kdsweep.report.tables import (
     markdown_table,
 )
 
-# trials.parquet columns that describe a run's outcome or bookkeeping; every other column is a method knob.
+# trials.parquet columns that describe a run's outcome or bookkeeping; every other column is a method knob, except
+# what the methods measured (`measured_columns`).
 NOT_KNOBS = {
     *REQUIRED_COLUMNS, "title", "teacher", "student", "epochs", "epochs_done", "best_epoch", "teacher_acc",
     "masked_frac", "diverged_epoch", "wall_s", "group_id", "error", "in_space",
@@ -181,10 +182,37 @@ def _knob(value: Any) -> str | None:
     return str(value)
 
 
-def variants_section(trials: pd.DataFrame) -> str:
+def measured_columns(trials: pd.DataFrame, settings: Settings) -> list[str]:
+    """The trials columns holding what the runs' methods measured: loss parts, then metrics."""
+    parts = list(settings.loss_parts) or [c for c in trials.columns if str(c).startswith("train_loss_")]
+    metrics = list(settings.metrics) or (["masked_frac"] if "masked_frac" in trials.columns else [])
+    return [c for c in [*parts, *metrics] if c in trials.columns]
+
+
+def training_section(trials: pd.DataFrame, head: pd.DataFrame, settings: Settings) -> str:
+    """Each headline row's loss parts (last epoch) and metrics (mean over epochs), mean over its counted runs:
+    whatever its method returned, by the names it gave them."""
+    columns = [c for c in measured_columns(trials, settings) if stats.finite(trials[c])]
+    if not columns or head.empty:
+        return ""
+    rows = []
+    for _, r in head.iterrows():
+        runs = trials[(trials["variant"] == r["variant"]) & (trials["loss"] == r["loss"]) & (trials["lr"] == r["lr"])
+                      & (trials["status"] == "completed")]
+        rows.append([r["title"], r["loss_display"], fmt_lr(r["lr"]),
+                     *(f"{stats.mean(stats.finite(runs[c])):.4g}" if stats.finite(runs[c]) else "—"
+                       for c in columns)])
+    header = ("Variant", "Loss", "lr", *(str(c).removeprefix("train_loss_") for c in columns))
+    return ("## Training losses and metrics\n\n" + markdown_table(header, rows) + "\n\nEach loss part is the "
+            "weighted term the method added to the training loss, at the last epoch; each metric is the mean over "
+            "epochs. Means over the completed runs of the row's cell.")
+
+
+def variants_section(trials: pd.DataFrame, settings: Settings) -> str:
     """The method knobs as trials.parquet records them: those every variant shares once, then each variant's own
     (several values, joined by |, when a knob varies across a variant's cells)."""
-    knobs = [c for c in trials.columns if c not in NOT_KNOBS]
+    measured = set(measured_columns(trials, settings))
+    knobs = [c for c in trials.columns if c not in NOT_KNOBS and c not in measured]
     if not knobs or trials.empty:
         return ""
     per_variant: dict[str, tuple[str, dict[str, str]]] = {}
@@ -269,7 +297,8 @@ def results_markdown(
         "samples the teacher-correct gate removed (gated variants only).",
         failures_section(trials, settings, select),
         "## Plots\n\n" + "\n\n".join(f"![{alt}](plots/{name}.png)" for name, alt in PLOTS.items()),
-        variants_section(trials),
+        training_section(trials, head, settings),
+        variants_section(trials, settings),
         provenance_section(manifest, trials, settings),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"

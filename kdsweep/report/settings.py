@@ -34,6 +34,10 @@ class Settings:
     # Without it (tables from elsewhere) a cell is expected to have a run for every seed.
     runs_per_cell: dict[str, int] = field(default_factory=dict)
     select: str = "best"
+    # What the runs' methods measured (sweep/results.py): trials columns train_loss_<part> (the last epoch's) and
+    # metrics by name (mean over epochs). Empty for tables from elsewhere: then read off the columns.
+    loss_parts: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     teacher_arch: str | None = None  # fallbacks when trials.parquet lacks the teacher / student columns
     student_arch: str | None = None
 
@@ -105,6 +109,8 @@ def settings_from_manifest(manifest: dict[str, Any]) -> Settings:
         seeds=tuple(report.get("seeds") or ()),
         runs_per_cell={str(k): int(v) for k, v in (report.get("runs_per_cell") or {}).items()},
         select=str(report.get("select") or "best"),
+        loss_parts=tuple(str(x) for x in (report.get("loss_parts") or ())),
+        metrics=tuple(str(x) for x in (report.get("metrics") or ())),
         teacher_arch=_arch(manifest.get("teacher")),
         student_arch=_arch(manifest.get("student")),
     )

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
+from kdsweep import typed_config
 from kdsweep.data import DataSpec
 from kdsweep.errors import UserError, unknown_name
-from kdsweep.methods.config import KNOBS
-from kdsweep.space.schema import MethodSection
-
-# Knobs that cannot be axes: `loss` already is one, and tuples do not make grid values.
-_AXIS_KNOBS = tuple(k for k in KNOBS if k not in ("loss", "multi_weights"))
+from kdsweep.methods import method_class, method_problems, methods
 
 
 def cross_section_problems(space) -> list[tuple[str, str]]:
@@ -31,12 +26,16 @@ def cross_section_problems(space) -> list[tuple[str, str]]:
     if have("teacher") and space.teacher.train is not None:
         problems += _milestone_problems("teacher.train", space.teacher.train)
     knob_axes = space.axes.knob_axes() if have("axes") else {}
-    if have("axes"):
-        problems += _axis_problems(space.axes, knob_axes)
-    if have("variants", "axes"):
-        axis_names = {"loss", *knob_axes}
+    kinds = _variant_kinds(space.variants) if have("variants") else {}
+    if have("variants"):
         for variant, section in space.variants.items():
-            clash = sorted(axis_names & set(section.method.knobs()))
+            problems += method_problems(section.method, f"variants.{variant}.method")
+    if have("axes"):
+        problems += _axis_problems(space.axes, kinds)
+    if have("variants", "axes"):
+        axis_names = set(space.axes.method_axes())
+        for variant, section in space.variants.items():
+            clash = sorted(axis_names & (set(section.method) - {"kind"}))
             if clash:
                 problems.append((
                     f"variants.{variant}.method",
@@ -49,10 +48,8 @@ def cross_section_problems(space) -> list[tuple[str, str]]:
         if space.baseline.variant not in variant_names:
             problems.append(("baseline.variant", unknown_name("variant", space.baseline.variant, variant_names)))
     if have("variants", "axes"):
-        match_values = {
-            "variant": list(space.variants), "loss": space.axes.loss, "lr": space.axes.lr, "seed": space.axes.seed,
-            **knob_axes,
-        }
+        match_values = {"variant": list(space.variants), "lr": space.axes.lr, "seed": space.axes.seed,
+                        **space.axes.method_axes()}
         rules = []
         if have("include"):
             rules += [(f"include[{i}]", r) for i, r in enumerate(space.include)]
@@ -70,36 +67,78 @@ def cross_section_problems(space) -> list[tuple[str, str]]:
                     if not when:
                         continue
                 problems.extend(_rule_problems(f"overrides[{i}].when", when, cell_values))
+                problems.extend(_override_problems(f"overrides[{i}].set", r, kinds))
     if have("report"):
+        labels = {label for cls in methods().values() for label in cls.loss_display}
         for loss in space.report.loss_names:
-            if loss not in ("l2", "kl", "kl_raw"):
-                problems.append((f"report.loss_names.{loss}", unknown_name("loss", loss, ("l2", "kl", "kl_raw"))))
+            if loss not in labels:
+                problems.append((f"report.loss_names.{loss}", unknown_name("loss", loss, labels)))
     gpu = space.resources.gpu if have("resources") else 0
     if gpu > 1 and gpu != int(gpu):
         problems.append(("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {gpu}"))
     return problems
 
 
-def _axis_problems(axes, knob_axes: dict) -> list[tuple[str, str]]:
-    """Knob axes must name an axis-able knob and hold valid values; every axis's values must be distinct."""
+def _variant_kinds(variants) -> dict[str, type]:
+    """variant -> its method's class, for the variants whose method exists."""
+    out = {}
+    for variant, section in variants.items():
+        try:
+            out[variant] = method_class(section.method.get("kind", "simkd"))
+        except KeyError:
+            pass  # reported by method_problems
+    return out
+
+
+def _axis_problems(axes, kinds: dict[str, type]) -> list[tuple[str, str]]:
+    """Every method axis must be a knob of every variant's method and hold valid values for it; every axis's
+    values must be distinct."""
     problems = []
-    for name, values in knob_axes.items():
+    used = dict.fromkeys(name for cls in kinds.values() for name in typed_config.knob_names(cls.Config))
+    for name, values in axes.method_axes().items():
         path = f"axes.{name}"
-        if name not in _AXIS_KNOBS:
-            problems.append((path, unknown_name("axis", name, ("loss", "lr", "seed", *_AXIS_KNOBS))))
+        if name == "kind":
+            problems.append((path, "the method is a variant's own choice: give each method a variant of its own "
+                             "(variants: {dkd: {title: DKD, method: {kind: dkd}}})"))
+            continue
+        if name not in used:
+            problems.append((path, unknown_name("axis", name, ("loss", "lr", "seed", *used))))
             continue
         if not isinstance(values, list) or not values:
             problems.append((path, f"expected a non-empty list of values, got {values!r}"))
             continue
-        for i, value in enumerate(values):
-            try:
-                MethodSection(**{name: value})
-            except ValidationError as err:
-                problems.append((f"{path}[{i}]", f"{err.errors()[0]['msg']}, got {value!r}"))
-    for axis in ("loss", "lr", "seed", *knob_axes):
-        values = getattr(axes, axis) if axis in ("loss", "lr", "seed") else knob_axes[axis]
+        seen = set()
+        for variant, cls in kinds.items():
+            by_name = {k.name: k for k in typed_config.knobs(cls.Config)}
+            if name not in by_name:
+                problems.append((path, f"variant {variant} uses method {cls.name}, which has no knob {name!r}; "
+                                 f"its knobs: {', '.join(by_name) or 'none'}. Put that method's cells in a space "
+                                 f"of their own, or set the knob per variant instead of as an axis"))
+                continue
+            for i, value in enumerate(values):
+                for where, message in typed_config.value_problems(by_name[name], value, f"{path}[{i}]"):
+                    if (where, message) not in seen:
+                        seen.add((where, message))
+                        problems.append((where, message))
+    for axis in ("lr", "seed", *axes.method_axes()):
+        values = getattr(axes, axis) if axis in ("lr", "seed") else axes.method_axes()[axis]
         if isinstance(values, list) and len(set(map(repr, values))) != len(values):
             problems.append((f"axes.{axis}", f"values must be distinct, got {values}"))
+    return problems
+
+
+def _override_problems(path: str, rule, kinds: dict[str, type]) -> list[tuple[str, str]]:
+    """An override's `set` must hold valid knobs of the method of every variant it can match."""
+    if "kind" in rule.set:
+        return [(f"{path}.kind", "the method is a variant's own choice; an override sets knobs of it")]
+    wanted = rule.when.get("variant")
+    targets = [wanted] if isinstance(wanted, str) else wanted if isinstance(wanted, list) else list(kinds)
+    problems = []
+    for variant in targets:
+        if variant in kinds:
+            for problem in method_problems({"kind": kinds[variant].name, **rule.set}, path):
+                if problem not in problems:
+                    problems.append(problem)
     return problems
 
 

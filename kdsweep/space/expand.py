@@ -17,7 +17,9 @@ from kdsweep.data import DataSpec
 from kdsweep.engine.recipe import Recipe
 from kdsweep.engine.specs import RunSpec, TeacherSpec
 from kdsweep.ids import digest
-from kdsweep.methods import MethodConfig
+from kdsweep.methods import MethodSpec, parse_method
+from kdsweep.methods.vanilla import VanillaConfig
+from kdsweep.models import feature_info
 from kdsweep.space.schema import SpaceFile
 from kdsweep.storage import absolute_location
 
@@ -43,6 +45,7 @@ class Space:
     # Once opened against its experiment folder (sweep/experiment.py): runs on disk that the space does not name
     # but whose configuration it shares (a seed or an lr since dropped from the axes). Reported, never trained.
     outside: tuple[RunSpec, ...] = ()
+    plugins: tuple[str, ...] = ()  # absolute paths of the plug-in files every trial imports first
 
     @property
     def cells(self) -> list[str]:
@@ -67,7 +70,7 @@ def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> Tea
         weight_decay=train.weight_decay, milestones=tuple(train.milestones) if train.milestones else None,
         checkpoint_every=train.checkpoint_every,
     )
-    method = MethodConfig(kind="vanilla").resolved()
+    method = MethodSpec("vanilla", VanillaConfig())
     identity = {"arch": t.arch, "data": data.identity(), "recipe": recipe.as_record(), "lr": train.lr, "seed": train.seed}
     run_id = f"teacher-{t.arch}-{digest(identity)}"
     run = RunSpec(run_id, t.arch, method, train.lr, train.seed, recipe,
@@ -91,33 +94,55 @@ def student_recipe(space: SpaceFile) -> Recipe:
     )
 
 
-def expand_runs(space: SpaceFile, data: DataSpec, teacher_identity: dict) -> tuple[RunSpec, ...]:
-    recipe = student_recipe(space)
-    knob_axes = space.axes.knob_axes()
-    context = experiment_context(space, data, teacher_identity)
-    runs = []
+def cell_methods(space: SpaceFile):
+    """(variant, axis point, method) for every cell before seeds, in the space's order: the variant's method
+    section, then the point's knob values, then every override rule that matches, applied in turn."""
+    axes = {**({"loss": space.axes.loss} if space.axes.loss is not None else {}), "lr": space.axes.lr,
+            **space.axes.knob_axes()}
     for variant, section in space.variants.items():
-        axes = {"loss": space.axes.loss, "lr": space.axes.lr, **knob_axes}
         for combo in itertools.product(*axes.values()):
             point = dict(zip(axes, combo))
             cell = {"variant": variant, **point}
-            knobs = {**section.method.knobs(), **{k: v for k, v in point.items() if k != "lr"}}
+            knobs = {**section.method, **{k: v for k, v in point.items() if k != "lr"}}
             for rule in space.overrides:
                 if _matches(rule.when, cell):
-                    knobs.update(rule.set.knobs())
-            method = MethodConfig.from_record(knobs).resolved()
-            identity = {**context, "method": method.as_record(), "lr": point["lr"]}
-            cell_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-{digest(identity)}"
-            for seed in space.axes.seed:
-                run_cell = {**cell, "seed": seed}
-                if space.include and not any(_matches(rule, run_cell) for rule in space.include):
-                    continue
-                if any(_matches(rule, run_cell) for rule in space.exclude):
-                    continue
-                run_id = f"{variant}-{point['loss']}-lr{point['lr']:g}-s{seed}-{digest({**identity, 'seed': seed})}"
-                labels = {"variant": variant, "title": section.title, "cell_id": cell_id,
-                          **{k: v for k, v in point.items()}}
-                runs.append(RunSpec(run_id, space.student.arch, method, float(point["lr"]), seed, recipe, labels))
+                    knobs.update(rule.set)
+            yield variant, point, parse_method(knobs)
+
+
+def configuration_problems(space: SpaceFile) -> list[tuple[str, str]]:
+    """What each cell's method finds wrong with its settings taken together, or with this student/teacher pair
+    (e.g. a FitNet hint stage the teacher does not have); one problem per variant and knob."""
+    problems = []
+    student = feature_info(space.student.arch)
+    teacher = feature_info(space.teacher.arch)
+    for variant, point, method in cell_methods(space):
+        for knob, message in method.method.config_problems(method.config, student, teacher):
+            path = f"variants.{variant}.method.{knob}"
+            if not any(p == path for p, _ in problems):
+                problems.append((path, f"expected {message}"))
+    return problems
+
+
+def expand_runs(space: SpaceFile, data: DataSpec, teacher_identity: dict) -> tuple[RunSpec, ...]:
+    recipe = student_recipe(space)
+    context = experiment_context(space, data, teacher_identity)
+    runs = []
+    for variant, point, method in cell_methods(space):
+        section = space.variants[variant]
+        loss = point.get("loss", method.loss)  # the report's loss label; SimKD's loss axis names it
+        identity = {**context, "method": method.as_record(), "lr": point["lr"]}
+        cell_id = f"{variant}-{loss}-lr{point['lr']:g}-{digest(identity)}"
+        cell = {"variant": variant, **point}
+        for seed in space.axes.seed:
+            run_cell = {**cell, "seed": seed}
+            if space.include and not any(_matches(rule, run_cell) for rule in space.include):
+                continue
+            if any(_matches(rule, run_cell) for rule in space.exclude):
+                continue
+            run_id = f"{variant}-{loss}-lr{point['lr']:g}-s{seed}-{digest({**identity, 'seed': seed})}"
+            labels = {"variant": variant, "title": section.title, "cell_id": cell_id, **point}
+            runs.append(RunSpec(run_id, space.student.arch, method, float(point["lr"]), seed, recipe, labels))
     return tuple(runs)
 
 

@@ -12,9 +12,10 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from kdsweep.errors import UserError, closest
-from kdsweep.methods.config import warn_if_replication_only
+from kdsweep.methods import load_plugins
+from kdsweep.methods.simkd import warn_if_replication_only
 from kdsweep.space.checks import cross_section_problems
-from kdsweep.space.expand import Space, data_spec, expand_runs, teacher_plan
+from kdsweep.space.expand import Space, configuration_problems, data_spec, expand_runs, teacher_plan
 from kdsweep.ids import is_resolved, teacher_identity
 from kdsweep.space.schema import SpaceFile
 from kdsweep.yamlsafe import load_yaml, parse_value
@@ -46,8 +47,8 @@ def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = 
     source = str(path)
     raw = parse_document(source, text)
     raw = apply_overrides(source, raw, overrides)
-    space_file = validate_document(source, raw)
     base = base or Path.cwd()
+    space_file = validate_document(source, raw, base)
     root = root or f"{absolute_location(space_file.storage, base)}/{space_file.experiment}"
     data = data_spec(space_file, base)
     teacher = teacher_plan(space_file, root, data, base)
@@ -59,7 +60,8 @@ def load_space(path: str | Path, overrides: list[str] = (), base: Path | None = 
     warn_if_replication_only(r.method for r in runs)
     if not runs:
         raise SpaceError(source, [("include/exclude", "these rules remove every cell: nothing would run")])
-    return Space(space_file, source, raw, root, data, teacher, identity, runs)
+    plugins = tuple(absolute_location(p, base) for p in space_file.plugins)
+    return Space(space_file, source, raw, root, data, teacher, identity, runs, plugins=plugins)
 
 
 def parse_document(source: str, text: str | None = None) -> dict:
@@ -124,7 +126,13 @@ def apply_overrides(source: str, raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def validate_document(source: str, raw: dict) -> SpaceFile:
+def validate_document(source: str, raw: dict, base: Path | None = None) -> SpaceFile:
+    """The validated file; its plug-ins (paths relative to `base`) are imported first, so their methods validate."""
+    plugins = raw.get("plugins") if isinstance(raw.get("plugins"), list) else []
+    try:
+        load_plugins(absolute_location(str(p), base or Path.cwd()) for p in plugins)
+    except UserError as err:
+        raise SpaceError(source, [("plugins", str(err))]) from None
     try:
         space = SpaceFile.model_validate(raw)
     except ValidationError as err:
@@ -132,6 +140,9 @@ def validate_document(source: str, raw: dict) -> SpaceFile:
         problems = [_describe(e) for e in err.errors()]
         raise SpaceError(source, problems + cross_section_problems(_valid_sections(raw, failed))) from None
     problems = cross_section_problems(space)
+    if problems:
+        raise SpaceError(source, problems)
+    problems = configuration_problems(space)  # needs every section valid: each cell's merged method config
     if problems:
         raise SpaceError(source, problems)
     return space

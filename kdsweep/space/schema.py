@@ -12,7 +12,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from kdsweep.errors import unknown_name
 
-from kdsweep.methods import config as method_config
 from kdsweep.models import list_models
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -31,27 +30,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class MethodSection(Strict):
-    """A partial method config: what a variant, an axis or an override sets. See kdsweep/methods/config.py."""
-
-    kind: Literal[method_config.KINDS] | None = None
-    taps: Literal[method_config.TAPS] | None = None
-    multi_weights: Annotated[list[NonNegativeFloat], Field(min_length=2, max_length=2)] | None = None
-    pairing: Literal[method_config.PAIRINGS] | None = None
-    last_weight: Annotated[float, Field(ge=0, le=1)] | None = None
-    factor: PositiveInt | None = None
-    loss: Literal[method_config.LOSSES] | None = None
-    temperature: PositiveFloat | None = None
-    feature_weight: NonNegativeFloat | None = None
-    gate: Literal[method_config.GATES] | None = None
-    gate_normalise: Literal[method_config.GATE_NORMALISATIONS] | None = None
-    ce_weight: NonNegativeFloat | None = None
-    kd_weight: NonNegativeFloat | None = None
-    kd_temperature: PositiveFloat | None = None
-    eval_head: Literal[method_config.EVAL_HEADS] | None = None
-
-    def knobs(self) -> dict:
-        return self.model_dump(exclude_none=True)
+# A method section: `kind` (a registered method, default simkd) and any of that method's knobs. Its keys and values
+# are validated against the method's own typed config (kdsweep/methods/, `kdsweep methods`) in checks.py, which
+# knows which method each section belongs to.
+MethodSection = dict[str, Scalar | list[Scalar] | None]
 
 
 class TeacherTraining(Strict):
@@ -128,20 +110,26 @@ class RecipeSection(Strict):
 
 class VariantSection(Strict):
     title: Annotated[str, Field(min_length=1)]
-    method: MethodSection = MethodSection()
+    method: MethodSection = {}
 
 
 class Axes(BaseModel):
-    """The grid: loss, lr and seed are required; any method knob may be an axis too (validated in checks.py)."""
+    """The grid: lr and seed are required; any knob of the variants' methods may be an axis too, e.g. SimKD's
+    `loss` (validated in checks.py against each variant's method)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    loss: Annotated[list[Literal[method_config.LOSSES]], Field(min_length=1)]
+    loss: Annotated[list[Scalar], Field(min_length=1)] | None = None
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
     seed: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
     def knob_axes(self) -> dict[str, list]:
+        """The axes beyond loss, lr and seed."""
         return dict(self.model_extra or {})
+
+    def method_axes(self) -> dict[str, list]:
+        """Every axis that sets a method knob, `loss` first when given (the order run ids are built in)."""
+        return {**({"loss": self.loss} if self.loss is not None else {}), **self.knob_axes()}
 
 
 class OverrideRule(Strict):
@@ -201,6 +189,7 @@ class SpaceFile(Strict):
     baseline: BaselineSection = BaselineSection()
     group: GroupSection = GroupSection()
     resources: ResourcesSection = ResourcesSection()
+    plugins: list[str] = []  # Python files that register methods of your own (paths relative to the working dir)
     storage: str = "results"  # experiments live in <storage>/<experiment>; a path or s3:// gs:// URI
     execution: ExecutionSection = ExecutionSection()
     report: ReportSection = ReportSection()

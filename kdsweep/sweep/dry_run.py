@@ -38,8 +38,7 @@ def describe(space: Space) -> str:
             continue
         shown.add(cell)
         m = run.method
-        knobs = f"taps={m.taps} gate={m.gate} ce={m.ce_weight:g} kd={m.kd_weight:g} eval={m.eval_head}"
-        lines.append(f"{run.labels['variant']:<16} {m.loss:<7} {run.lr:>7g}  {seeds[cell]:>5}  {knobs}")
+        lines.append(f"{run.labels['variant']:<16} {m.loss:<7} {run.lr:>7g}  {seeds[cell]:>5}  {describe_method(m)}")
     lines += ["", f"{len(space.cells)} cells, {len(space.runs)} runs ({len(space.runs) - len(todo)} already finished)",
               f"{len(groups)} trial groups of up to {f.group.max_students} students "
               f"(resources per trial: {f.resources.cpu:g} CPU, {f.resources.gpu:g} GPU):"]
@@ -57,6 +56,19 @@ def describe(space: Space) -> str:
               f"  {format_flops(cost.flops_naive)} if every student re-ran the teacher: "
               f"~{format_hours(cost.gpu_hours(cost.flops_naive))} of H100"]
     return "\n".join(lines)
+
+
+def describe_method(method) -> str:
+    """'kind=simkd taps=multi gate=teacher_correct': the method and the knobs that differ from its defaults."""
+    default = type(method.config)()
+    changed = [f"{k}={_show(v)}" for k, v in vars(method.config).items()
+               if k != "loss" and v != getattr(default, k)]
+    return " ".join([f"kind={method.kind}", *changed])
+
+
+def _show(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}" if isinstance(
+        value, float) else str(value)
 
 
 def format_flops(flops: float) -> str:

@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 
 from kdsweep.engine import FINAL_STATUSES, GroupSpec, RunRecord, RunSpec
-from kdsweep.methods.config import TAPS
 from kdsweep.space import Space
 from kdsweep.ids import digest
 from kdsweep.storage import Store
@@ -35,9 +34,9 @@ def pending_runs(runs, records: dict[str, RunRecord | None]) -> list[RunSpec]:
 
 
 def teacher_maps(run: RunSpec) -> int:
-    """How many teacher maps a run taps, as a rank: none or logits only (vanilla, kd), the last stage, two
-    stages, every block."""
-    return 0 if run.method.kind != "simkd" else 1 + TAPS.index(run.method.taps)
+    """How many teacher maps a run taps, as a rank its method declares (SimKD: none for logits-only methods, then
+    the last stage, two stages, every block)."""
+    return run.method.method.teacher_load(run.method.config)
 
 
 def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: int, *, teacher=True) -> list[GroupSpec]:
@@ -69,6 +68,6 @@ def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: i
                 # a teacher trained in the experiment is read from its final.pt by every group: always kept
                 save_final=execution.save_final or not teacher,
                 precision=execution.precision, channels_last=execution.channels_last, compile=execution.compile,
-                fuse_students=execution.fuse_students,
+                fuse_students=execution.fuse_students, plugins=space.plugins,
             ))
     return groups

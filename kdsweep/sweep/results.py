@@ -23,15 +23,41 @@ import yaml
 
 from kdsweep import __version__
 from kdsweep.engine import RunRecord
-from kdsweep.methods import KNOBS
+from kdsweep.engine.records import EPOCH_KEYS, measured
+from kdsweep.methods import methods
 from kdsweep.space import Space
 from kdsweep.storage import Store
 from kdsweep.sweep.plan import read_records
 
-LOSS_DISPLAY = {"l2": "L2 loss", "kl": "KL divergence", "kl_raw": "KL divergence (raw features)"}
 STUDENT_DISPLAY = {"MobileNetV2_1_0": "MobileNetV2x2"}  # the SimKD paper's and the seed report's name
-_EPOCH_COLUMNS = ["epoch", "test_acc", "best_acc", "best_epoch", "lr_epoch", "train_loss", "train_loss_feat",
-                  "train_loss_ce", "train_loss_kd", "masked_frac", "images_per_s", "wall_s"]
+LOSS_PART_PREFIX = "train_loss_"
+
+
+def loss_display() -> dict[str, str]:
+    """Every registered method's report names for its loss labels."""
+    return {label: name for cls in methods().values() for label, name in cls.loss_display.items()}
+
+
+def measured_names(records) -> tuple[list[str], list[str]]:
+    """(loss-part keys, metric keys) that any epoch of `records` holds, in the order they were first recorded:
+    whatever the runs' methods returned, with no list to keep up to date here."""
+    seen = {}
+    for rec in records:
+        for entry in rec.history if rec else []:
+            seen.update(dict.fromkeys(measured(entry)))
+    parts = [k for k in seen if k.startswith(LOSS_PART_PREFIX)]
+    return parts, [k for k in seen if not k.startswith(LOSS_PART_PREFIX)]
+
+
+def knob_columns(runs) -> list[str]:
+    """The method knobs of `runs` as trials columns: `kind` and every knob of every method used, named as in the
+    method's config, in first-seen order (SimKD's `loss` is the table's own loss column)."""
+    return [k for k in dict.fromkeys(k for r in runs for k in r.method.as_record()) if k != "loss"]
+
+
+def _knob_value(value):
+    """A knob as one parquet cell: tuples and lists of numbers as '0.667,0.333'."""
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def reported_runs(space: Space):
@@ -42,6 +68,8 @@ def reported_runs(space: Space):
 def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool) -> pd.DataFrame:
     rows = []
     knob_axes = list(space.file.axes.knob_axes())
+    knobs = knob_columns(r for r, _ in reported_runs(space))
+    parts, metrics = measured_names(records.values())
     for run, in_space in reported_runs(space):
         rec = records.get(run.run_id)
         status = "pending" if rec is None else rec.status
@@ -54,31 +82,37 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
             "epochs": run.recipe.epochs, "epochs_done": rec.epochs_done if rec else 0,
             "best_acc": _num(rec and rec.best_acc), "best_epoch": rec.best_epoch if rec else None,
             "last_acc": _num(rec and rec.last_acc), "teacher_acc": _num(rec and rec.teacher_acc),
-            "masked_frac": _num(rec and rec.masked_fraction()),
             "diverged_epoch": rec.diverged_epoch if rec else None,
             "wall_s": rec.wall_s if rec else 0.0, "group_id": rec.group_id if rec else None,
             "error": rec.error if rec else None, "in_space": in_space,
         }
         record = run.method.as_record()
-        record["multi_weights"] = ",".join(f"{w:g}" for w in run.method.multi_weights)
-        row.update({k: record[k] for k in KNOBS if k != "loss"})
+        row.update({k: _knob_value(record.get(k)) for k in knobs})
         row.update({f"axis_{k}": run.labels.get(k) for k in knob_axes})
+        last = rec.history[-1] if rec and rec.history else {}
+        row.update({k: _num(last.get(k)) for k in parts})  # the last epoch's loss parts
+        row.update({k: _num(rec and rec.mean_over_epochs(k)) for k in metrics})  # metrics: mean over epochs
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("best_epoch", "diverged_epoch"):
+    integers = [k for k in knobs if all(isinstance(r[k], int) and not isinstance(r[k], bool)
+                                        for r in rows if r[k] is not None)]
+    for column in ("best_epoch", "diverged_epoch", *integers):  # an int knob stays one beside other methods' nulls
         frame[column] = frame[column].astype("Int64")
     return frame
 
 
 def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataFrame:
+    parts, metrics = measured_names(records.values())
+    base = [k for k in EPOCH_KEYS if k != "finished_at"]
+    columns = [*base[:6], *parts, *metrics, *base[6:]]  # ... train_loss, its parts, metrics, images_per_s, wall_s
     rows = []
     for run, _ in reported_runs(space):
         rec = records.get(run.run_id)
         for entry in rec.history if rec else []:
             rows.append({"student_id": run.run_id, "variant": run.labels["variant"], "loss": run.method.loss,
-                         "lr": run.lr, "seed": run.seed, **{c: entry.get(c) for c in _EPOCH_COLUMNS}})
-    frame = pd.DataFrame(rows, columns=["student_id", "variant", "loss", "lr", "seed", *_EPOCH_COLUMNS])
-    floats = {c: "float64" for c in _EPOCH_COLUMNS if c not in ("epoch", "best_epoch")}
+                         "lr": run.lr, "seed": run.seed, **{c: entry.get(c) for c in columns}})
+    frame = pd.DataFrame(rows, columns=["student_id", "variant", "loss", "lr", "seed", *columns])
+    floats = {c: "float64" for c in columns if c not in ("epoch", "best_epoch")}
     return frame.astype(floats).astype({"epoch": "int64", "best_epoch": "Int64"})
 
 
@@ -103,6 +137,8 @@ def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
     if teacher_shas:
         manifest["teacher"]["sha256"] = teacher_shas[0] if len(teacher_shas) == 1 else teacher_shas
     manifest["report"] = report_settings(space)  # the runs outside the space may have changed since the start
+    parts, metrics = measured_names(records.values())
+    manifest["report"].update({"loss_parts": parts, "metrics": metrics})
     store.write_json("manifest.json", manifest)
     return trials
 
@@ -147,6 +183,8 @@ def space_as_run(space: Space) -> dict:
         raw["dataset"] = {**raw["dataset"], "root": space.data.root}
     if space.teacher.training_run is None:
         raw["teacher"] = {**raw["teacher"], "checkpoint": space.teacher.spec.checkpoint}
+    if space.plugins:
+        raw["plugins"] = list(space.plugins)
     return raw
 
 
@@ -164,10 +202,10 @@ def report_settings(space: Space) -> dict:
         "baseline": f.baseline.model_dump(),
         "teacher_display": f.teacher.display_name or f.teacher.arch,
         "student_display": f.student.display_name or STUDENT_DISPLAY.get(f.student.arch, f.student.arch),
-        "loss_display": {**LOSS_DISPLAY, **f.report.loss_names},
+        "loss_display": {**loss_display(), **f.report.loss_names},
         "select": f.report.select,
         "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()] + outside_variants,
-        "losses": list(f.axes.loss),
+        "losses": list(f.axes.loss) if f.axes.loss else list(dict.fromkeys(r.method.loss for r in space.runs)),
         "seeds": list(f.axes.seed),
         "runs_per_cell": dict(Counter(r.labels["cell_id"] for r in space.runs)),  # runs outside it: planned by none
     }
