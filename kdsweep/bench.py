@@ -4,7 +4,7 @@ All paths run in one process on one device, on synthetic CIFAR-shaped data (offl
 warm-up, each round times `steps` steps of every path in turn, and a path's time is its median round, so that a
 load that drifts during the run (a shared machine) hits every path alike rather than the last ones:
 
-  reference  the reference-style loop (engine/reference_loop.py): PIL transforms in a DataLoader, fp32, eager, the
+  reference  the reference-style loop (bench_reference.py): PIL transforms in a DataLoader, fp32, eager, the
              teacher run once per student per step, three .item() per step
   single     one kdsweep student: on-device data and augmentation, shared-teacher source, the device's fast paths
   group      K kdsweep students sharing one teacher forward per batch
@@ -38,7 +38,7 @@ from kdsweep.engine.fastpath import FastPath, resolve_fast_path
 from kdsweep.engine.fused import student_steppers
 from kdsweep.engine.group import train_batch
 from kdsweep.engine.recipe import Recipe
-from kdsweep.engine.reference_loop import ReferenceStudent, reference_loader
+from kdsweep.bench_reference import ReferenceStudent, reference_loader
 from kdsweep.engine.specs import RunSpec
 from kdsweep.engine.student import StudentTrainer, student_losses
 from kdsweep.engine.teacher import freeze

@@ -137,7 +137,7 @@ def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
 def test_a_partial_or_truncated_dataset_is_refused_before_ray_starts(tmp_path):
     """CIFAR-100 folders with a file missing, or with a truncated training file: one message naming what is wrong
     and the layout expected, before Ray starts."""
-    from kdsweep.data import write_cifar100_archive
+    from cifar_files import write_cifar100_archive
 
     images = torch.zeros(20, 3, 32, 32, dtype=torch.uint8)
     labels = torch.arange(20) % 100

@@ -27,11 +27,11 @@ from kdsweep.data import (
     load_dataset,
     normalise,
     prepare_test,
-    write_cifar100_archive,
 )
 from kdsweep.data import cifar100
 from kdsweep.data.synthetic import synthetic_split
 from kdsweep.errors import UserError
+from cifar_files import write_cifar100_archive
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -167,6 +167,22 @@ def test_kdsweep_train_runs_a_plugin_method_and_records_its_parts(tmp_path, caps
             "the hint2 term\n") in capsys.readouterr().out
 
 
+def test_the_extension_guides_example_method_runs_as_written(tmp_path):
+    """docs/extending.md's example, copied out of the page and trained for two epochs by `kdsweep train`."""
+    page = (REPO / "docs" / "extending.md").read_text()
+    plugin = tmp_path / "my_kd.py"
+    plugin.write_text(page.split("```python\n", 1)[1].split("```", 1)[0])
+    teacher = save_teacher(tmp_path / "t.pt")
+    assert main(["train", "--plugin", str(plugin), "--student", "resnet8", "--teacher", "resnet8",
+                 "--teacher-checkpoint", teacher, "--method", "kind=my_kd", "--method", "warmup_epochs=4",
+                 "--dataset", "synthetic", "--train-size", "96", "--test-size", "32",
+                 "--epochs", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    (progress,) = (tmp_path / "out" / "runs").glob("*/progress.json")
+    history = json.loads(progress.read_text())["history"]
+    assert [e["ramp"] for e in history] == [0.25, 0.5]
+    assert all(e["train_loss_kd"] > 0 and e["train_loss_ce"] > 0 for e in history)
+
+
 @pytest.mark.slow
 def test_a_plugin_method_sweeps_through_ray_and_reaches_every_table(ray_session, tmp_path):
     """A method registered from the space's `plugins` file: a loss part and a metric with new names reach

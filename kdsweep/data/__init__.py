@@ -22,7 +22,7 @@ from kdsweep.data.augment import (
     normalise,
     prepare_test,
 )
-from kdsweep.data.cifar100 import read_cifar100, write_cifar100_archive
+from kdsweep.data.cifar100 import read_cifar100
 from kdsweep.data.stream import EpochPlan, epoch_plan
 from kdsweep.data.synthetic import make_synthetic
 from kdsweep.errors import UserError, unknown_name
@@ -133,5 +133,4 @@ __all__ = [
     "load_dataset",
     "normalise",
     "prepare_test",
-    "write_cifar100_archive",
 ]

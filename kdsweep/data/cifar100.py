@@ -12,9 +12,7 @@ used only to download (its reader verifies MD5 sums that a fixture archive canno
 from __future__ import annotations
 
 import codecs
-import math
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -148,72 +146,3 @@ def read_cifar100(root: str | Path, download: bool = False):
     train_images, train_labels = _read_split(folder / "train", root, len(names))
     test_images, test_labels = _read_split(folder / "test", root, len(names))
     return train_images, train_labels, test_images, test_labels, len(names)
-
-
-# --- writing -------------------------------------------------------------------------------------------------------
-
-
-class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its per-type dispatch table can be extended
-    """Protocol 2 as Python 2's cPickle wrote the original files.
-
-    bytes become Python 2 `str` opcodes (SHORT_BINSTRING/BINSTRING), which Python 3 reads back as str with
-    encoding='latin1' (torchvision) and as bytes with encoding='bytes' (the dataset page's snippet, d[b'data']);
-    Python 3's own protocol 2 would write `_codecs.encode(...)` calls instead. Arrays name numpy.core.multiarray,
-    as numpy 1.x did, which every numpy version can load.
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-    def save_global(self, obj, name=None):
-        if obj is _RECONSTRUCT:
-            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
-            self.memoize(obj)
-        else:
-            super().save_global(obj, name)
-
-
-def _write_pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-
-
-def _split_entries(images, labels, fine_names: list[bytes], batch_label: bytes) -> dict:
-    images = torch.as_tensor(images)
-    labels = torch.as_tensor(labels)
-    if images.dtype != torch.uint8 or images.shape[1:] != (3, 32, 32):
-        raise ValueError(f"images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
-    if labels.shape != images.shape[:1] or (len(labels) and not 0 <= labels.min() <= labels.max() < len(fine_names)):
-        raise ValueError(f"labels must be {len(images)} integers in [0, {len(fine_names)})")
-    fine = [int(label) for label in labels.tolist()]
-    return {
-        b"batch_label": batch_label,
-        b"filenames": [fine_names[label] + b"_s_%06d.png" % i for i, label in enumerate(fine)],
-        b"fine_labels": fine,
-        b"coarse_labels": [label // FINE_PER_COARSE for label in fine],
-        b"data": np.ascontiguousarray(images.cpu().reshape(len(images), PIXELS).numpy()),
-    }
-
-
-def write_cifar100_archive(root, train_images, train_labels, test_images, test_labels, num_classes: int = 100) -> Path:
-    """Write `<root>/cifar-100-python/{train,test,meta}` in the original format; returns that folder.
-
-    Images are uint8 (N, 3, 32, 32), labels integers in [0, num_classes). Class names are placeholders
-    (class_000, ...), superclasses group consecutive classes by 5 (the real grouping differs; kdsweep ignores it).
-    """
-    folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    fine_names = [b"class_%03d" % i for i in range(num_classes)]
-    coarse_names = [b"superclass_%02d" % i for i in range(math.ceil(num_classes / FINE_PER_COARSE))]
-    _write_pickle(folder / "meta", {b"fine_label_names": fine_names, b"coarse_label_names": coarse_names})
-    _write_pickle(folder / "train", _split_entries(train_images, train_labels, fine_names, b"training batch 1 of 1"))
-    _write_pickle(folder / "test", _split_entries(test_images, test_labels, fine_names, b"testing batch 1 of 1"))
-    return folder

@@ -1,5 +1,7 @@
 """Horizontal fusion: K students of one structure trained as one vmapped model, so kernel launches do not grow with K.
 
+EXPERIMENTAL: opt-in (`execution.fuse_students: on`) until a GPU measurement shows it pays (BENCHMARKS.md).
+
 Students fuse when they share the student architecture and the whole method config (taps, loss, gate, weights:
 one module serves as the template of all of them) and the optimizer's momentum and weight decay; their learning
 rates may differ. For one epoch their parameters, BatchNorm buffers and momentum buffers are stacked along a new

@@ -51,6 +51,29 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     `expected_epochs` (run id -> epochs done) is where a caller last saw each student checkpointed (Ray Tune's
     restored trial checkpoint): a student whose newest good checkpoint is older is resumed from that one, with a
     warning, since the newer checkpoints were damaged or lost."""
+    group = set_up_group(spec, expected_epochs or {})
+    if group.active:
+        train_epochs(group, on_epoch)
+    return [t.record.to_dict() for t in group.trainers]
+
+
+@dataclass
+class Group:
+    """A set-up group: what the epoch loop needs."""
+
+    spec: GroupSpec
+    device: torch.device
+    fast: FastPath
+    data: ImageData
+    trainers: list[StudentTrainer]  # every student of the group
+    active: list[StudentTrainer]  # those still training
+    test_inputs: torch.Tensor | None = None  # the normalised test images, in the fast path's layout
+    source: TeacherSource | None = None
+
+
+def set_up_group(spec: GroupSpec, expected_epochs: dict[str, int]) -> Group:
+    """Load data and teacher, build and resume every student, measure the teacher and open its source. A group
+    whose students are all finished stops after resuming them (nothing else is loaded onto the device)."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     load_plugins(spec.plugins)
@@ -66,37 +89,45 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
     trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store, fast) for r in spec.runs]
     for t in trainers:
         t.resume()
-        expected = (expected_epochs or {}).get(t.run.run_id, 0)
+        expected = expected_epochs.get(t.run.run_id, 0)
         if t.record.epochs_done < expected:
             warnings.warn(f"{t.run.run_id} was checkpointed at epoch {expected}, but its newest good checkpoint in "
                           f"{store.location(t.folder)} is epoch {t.record.epochs_done}: continuing from there")
         if spec.save_final and t.record.status == "completed" and not store.exists(f"{t.folder}/final.pt"):
             t.save_final()  # stopped between its final checkpoint and final.pt
-    active = [t for t in trainers if not t.finished]
-    if not active:
-        return [t.record.to_dict() for t in trainers]
-    for t in active:
+    group = Group(spec, device, fast, data, trainers, [t for t in trainers if not t.finished])
+    if not group.active:
+        return group
+    for t in group.active:
         t.record.device = describe_device(device)
         t.mark_running()
 
     needs = TeacherNeeds()
-    for t in active:
+    for t in group.active:
         needs = needs | t.unit.method.teacher_needs()
-    test_inputs = fast.layout(prepare_test(data.test_images, data.mean, data.std))
+    group.test_inputs = fast.layout(prepare_test(data.test_images, data.mean, data.std))
     if teacher is not None:
-        teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, test_inputs, data.test_labels, store,
+        teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, group.test_inputs, data.test_labels, store,
                                                spec.teacher.expected_accuracy)
-        for t in active:
+        for t in group.active:
             t.record.teacher_acc, t.record.teacher_sha256 = teacher_acc, teacher_sha
     recipe = spec.runs[0].recipe
-    n_train = data.train_images.shape[0]
-    first_epoch = min(t.record.epochs_done for t in active)
-    source = open_teacher_source(spec.teacher_cache, teacher, needs, data, recipe.batch_size,
-                                 recipe.epochs - first_epoch, fast, gpu_share=spec.gpu_share)
-    for t in active:
-        t.record.execution = {"teacher": source.kind if needs.any else "none", **fast.as_record()}
+    first_epoch = min(t.record.epochs_done for t in group.active)
+    group.source = open_teacher_source(spec.teacher_cache, teacher, needs, data, recipe.batch_size,
+                                       recipe.epochs - first_epoch, fast, gpu_share=spec.gpu_share)
+    for t in group.active:
+        t.record.execution = {"teacher": group.source.kind if needs.any else "none", **fast.as_record()}
+    return group
 
-    for epoch in range(first_epoch, recipe.epochs):
+
+def train_epochs(group: Group, on_epoch: Callable[[EpochReport], None] | None) -> None:
+    """The epoch loop: each epoch, the students due for it step through every batch, then are tested, recorded
+    and checkpointed. Students resumed at different epochs sit out the epochs they have done."""
+    spec, data, fast, device = group.spec, group.data, group.fast, group.device
+    recipe = spec.runs[0].recipe
+    n_train = data.train_images.shape[0]
+    active = group.active
+    for epoch in range(min(t.record.epochs_done for t in active), recipe.epochs):
         started = time.perf_counter()
         training = [t for t in active if t.record.epochs_done == epoch]
         for t in training:
@@ -107,11 +138,11 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
         batches = list(plan.batches(recipe.batch_size))
         for step, (indices, views) in enumerate(batches):
             context = StepContext(epoch, recipe.epochs, step, len(batches))
-            images_seen += train_batch(data, indices, views, source, steppers, fast, context)
+            images_seen += train_batch(data, indices, views, group.source, steppers, fast, context)
         for stepper in steppers:
             stepper.finish()
         for t in training:
-            acc = t.test_accuracy(test_inputs, data.test_labels)
+            acc = t.test_accuracy(group.test_inputs, data.test_labels)
             t.end_epoch(epoch, acc, time.perf_counter() - started, images_seen)
         for t in training:
             if t.checkpoint_due() or t.finished:
@@ -125,7 +156,6 @@ def run_group(spec: GroupSpec, on_epoch: Callable[[EpochReport], None] | None = 
                                  len(active)))
         if not active:
             break
-    return [t.record.to_dict() for t in trainers]
 
 
 def train_batch(data: ImageData, indices: torch.Tensor, views: torch.Tensor, source: TeacherSource, steppers: list,

@@ -212,7 +212,8 @@ def variants_section(trials: pd.DataFrame, settings: Settings) -> str:
     """The method knobs as trials.parquet records them: those every variant shares once, then each variant's own
     (several values, joined by |, when a knob varies across a variant's cells)."""
     measured = set(measured_columns(trials, settings))
-    knobs = [c for c in trials.columns if c not in NOT_KNOBS and c not in measured]
+    knobs = [c for c in trials.columns if c not in NOT_KNOBS and c not in measured
+             and not str(c).startswith("execution_")]
     if not knobs or trials.empty:
         return ""
     per_variant: dict[str, tuple[str, dict[str, str]]] = {}
@@ -259,7 +260,24 @@ def provenance_section(manifest: dict[str, Any], trials: pd.DataFrame, settings:
         f"- Versions: {versions}",
         f"- Device: {manifest.get('device') or '—'}",
     ]
+    execution = execution_line(trials)
+    if execution:
+        lines.append(f"- Execution: {execution}")
     return "\n".join(lines)
+
+
+def execution_line(trials: pd.DataFrame) -> str:
+    """How the runs trained (trials' execution_* columns): each distinct setting with its run count."""
+    columns = [c for c in trials.columns if str(c).startswith("execution_")]
+    if not columns:
+        return ""
+    ran = trials[trials[columns].notna().any(axis=1)]
+    if ran.empty:
+        return ""
+    settings = ran[columns].astype(str).agg(
+        lambda row: ", ".join(f"{c.removeprefix('execution_')}={v}" for c, v in row.items()), axis=1)
+    counts = settings.value_counts(sort=False)
+    return "; ".join(f"{s} ({_count(int(n), 'run')})" for s, n in counts.items())
 
 
 def results_markdown(

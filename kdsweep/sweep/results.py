@@ -70,6 +70,8 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
     knob_axes = list(space.file.axes.knob_axes())
     knobs = knob_columns(r for r, _ in reported_runs(space))
     parts, metrics = measured_names(records.values())
+    # How each run trained: teacher source and the resolved speed switches (engine/fastpath.py), as prefixed columns.
+    execution = list(dict.fromkeys(k for r in records.values() if r and r.execution for k in r.execution))
     for run, in_space in reported_runs(space):
         rec = records.get(run.run_id)
         status = "pending" if rec is None else rec.status
@@ -92,6 +94,7 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
         last = rec.history[-1] if rec and rec.history else {}
         row.update({k: _num(last.get(k)) for k in parts})  # the last epoch's loss parts
         row.update({k: _num(rec and rec.mean_over_epochs(k)) for k in metrics})  # metrics: mean over epochs
+        row.update({f"execution_{k}": (rec.execution or {}).get(k) if rec else None for k in execution})
         rows.append(row)
     frame = pd.DataFrame(rows)
     integers = [k for k in knobs if all(isinstance(r[k], int) and not isinstance(r[k], bool)
