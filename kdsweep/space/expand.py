@@ -17,7 +17,7 @@ from kdsweep.data import DataSpec
 from kdsweep.engine.recipe import Recipe
 from kdsweep.engine.specs import RunSpec, TeacherSpec
 from kdsweep.ids import digest
-from kdsweep.methods import MethodSpec, parse_method
+from kdsweep.methods import Method, MethodSpec, parse_method
 from kdsweep.methods.vanilla import VanillaConfig
 from kdsweep.models import feature_info
 from kdsweep.space.schema import SpaceFile
@@ -114,9 +114,10 @@ def configuration_problems(space: SpaceFile) -> list[tuple[str, str]]:
     """What each cell's method finds wrong with its settings taken together, or with this student/teacher pair
     (e.g. a FitNet hint stage the teacher does not have); one problem per variant and knob."""
     problems = []
-    student = feature_info(space.student.arch)
-    teacher = feature_info(space.teacher.arch)
     for variant, point, method in cell_methods(space):
+        if method.method.config_problems.__func__ is Method.config_problems.__func__:
+            continue  # the method checks nothing beyond its knobs: no need to build the models' feature info
+        student, teacher = feature_info(space.student.arch), feature_info(space.teacher.arch)
         for knob, message in method.method.config_problems(method.config, student, teacher):
             path = f"variants.{variant}.method.{knob}"
             if not any(p == path for p, _ in problems):

@@ -65,13 +65,19 @@ def reported_runs(space: Space):
     return [*((r, True) for r in space.runs), *((r, False) for r in space.outside)]
 
 
+def reported_records(space: Space, records: dict[str, RunRecord | None]) -> list[RunRecord | None]:
+    """The records of the runs the tables cover (not, say, the teacher's training run), in table order."""
+    return [records.get(r.run_id) for r, _ in reported_runs(space)]
+
+
 def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool) -> pd.DataFrame:
     rows = []
     knob_axes = list(space.file.axes.knob_axes())
     knobs = knob_columns(r for r, _ in reported_runs(space))
-    parts, metrics = measured_names(records.values())
+    parts, metrics = measured_names(reported_records(space, records))
     # How each run trained: teacher source and the resolved speed switches (engine/fastpath.py), as prefixed columns.
-    execution = list(dict.fromkeys(k for r in records.values() if r and r.execution for k in r.execution))
+    execution = list(dict.fromkeys(k for rec in reported_records(space, records) if rec and rec.execution
+                                   for k in rec.execution))
     for run, in_space in reported_runs(space):
         rec = records.get(run.run_id)
         status = "pending" if rec is None else rec.status
@@ -105,7 +111,7 @@ def trials_frame(space: Space, records: dict[str, RunRecord | None], live: bool)
 
 
 def epochs_frame(space: Space, records: dict[str, RunRecord | None]) -> pd.DataFrame:
-    parts, metrics = measured_names(records.values())
+    parts, metrics = measured_names(reported_records(space, records))
     base = [k for k in EPOCH_KEYS if k != "finished_at"]
     columns = [*base[:6], *parts, *metrics, *base[6:]]  # ... train_loss, its parts, metrics, images_per_s, wall_s
     rows = []
@@ -140,7 +146,7 @@ def export(space: Space, store: Store, live: bool = False) -> pd.DataFrame:
     if teacher_shas:
         manifest["teacher"]["sha256"] = teacher_shas[0] if len(teacher_shas) == 1 else teacher_shas
     manifest["report"] = report_settings(space)  # the runs outside the space may have changed since the start
-    parts, metrics = measured_names(records.values())
+    parts, metrics = measured_names(reported_records(space, records))
     manifest["report"].update({"loss_parts": parts, "metrics": metrics})
     store.write_json("manifest.json", manifest)
     return trials
