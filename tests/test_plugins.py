@@ -190,7 +190,8 @@ def test_a_plugin_method_sweeps_through_ray_and_reaches_every_table(ray_session,
     plugin = tmp_path / "toy.py"
     plugin.write_text(TOY)
     teacher = save_teacher(tmp_path / "t.pt")
-    variants = "{simkd: {title: SimKD, method: {taps: last}}, toy: {title: Toy, method: {kind: toy_hint2, weight: 0.25}}}"
+    variants = ("{simkd: {title: SimKD, method: {taps: last}}, "
+                "toy: {title: Toy, method: {kind: toy_hint2, weight: 0.25}}}")
     path = tmp_path / "space.yaml"
     path.write_text(space_text(tmp_path / "results", teacher, variants, extra=f"plugins: [{plugin}]\n"))
     outcome = run_sweep(load_space(path))

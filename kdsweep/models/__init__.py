@@ -10,4 +10,6 @@ from kdsweep.models.registry import create_model, feature_info, list_models, reg
 # Importing the architecture modules registers their names.
 from kdsweep.models import resnet_cifar, mobilenetv2_cifar, vgg_cifar, shufflenetv2_cifar  # noqa: E402,F401
 
-__all__ = ["FeatureInfo", "FeatureModel", "Intermediates", "create_model", "feature_info", "list_models", "register_model"]
+__all__ = [
+    "FeatureInfo", "FeatureModel", "Intermediates", "create_model", "feature_info", "list_models", "register_model",
+]
