@@ -11,7 +11,10 @@ SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 def test_validate_accepts_every_shipped_space(capsys):
-    for name, runs, cells in (("smoke.yaml", 16, 8), ("full_grid.yaml", 120, 40), ("seed_replication.yaml", 63, 21)):
+    shipped = (("smoke.yaml", 16, 8), ("full_grid.yaml", 120, 40), ("seed_replication.yaml", 63, 21),
+               ("method_comparison.yaml", 30, 10), ("method_comparison_smoke.yaml", 5, 5))
+    assert sorted(p.name for p in SPACES.glob("*.yaml")) == sorted(name for name, _, _ in shipped)
+    for name, runs, cells in shipped:
         assert main(["validate", str(SPACES / name)]) == 0
         assert f"valid - {runs} runs in {cells} cells" in capsys.readouterr().out
 
