@@ -85,8 +85,11 @@ def test_dkd_parts_follow_the_linear_warm_up(nets):
     logits = teacher(images)
     tckd, nckd = dkd_per_sample(student(images), logits, labels, 4.0)
     for epoch, weight in ((0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)):  # min(e / 4, 1) at 1-based epoch e
-        out, _, _ = losses(method, student, teacher, images, labels, epoch)
+        out, s, targets = losses(method, student, teacher, images, labels, epoch)
         assert list(out.parts) == ["ce", "tckd", "nckd"]
+        scheduled = method.losses(s, targets, labels, method.scheduled(StepContext(epoch, 10), torch.device("cpu")))
+        for name in out.parts:  # the training loop's path: the warm-up weight as a tensor from `schedule`
+            torch.testing.assert_close(scheduled.parts[name], out.parts[name], rtol=1e-6, atol=0)
         torch.testing.assert_close(out.parts["tckd"], weight * 0.5 * tckd.mean(), rtol=1e-6, atol=0)
         torch.testing.assert_close(out.parts["nckd"], weight * 2.0 * nckd.mean(), rtol=1e-6, atol=0)
         torch.testing.assert_close(out.parts["ce"], F.cross_entropy(student(images), labels), rtol=1e-6, atol=0)

@@ -18,7 +18,7 @@ from kdsweep.engine.teacher_cache import TeacherCache, cache_bytes
 from kdsweep.engine.teacher_runner import TeacherRunner
 from kdsweep.engine.teacher_source import open_teacher_source
 from kdsweep.errors import UserError
-from kdsweep.methods import StepContext, TargetKey, TeacherNeeds, build_method
+from kdsweep.methods import StepContext, TargetKey, TeacherNeeds, build_method, compute_teacher_targets
 from kdsweep.methods.taps import FeatureRef
 from kdsweep.models import create_model
 from kdsweep.storage import Store
@@ -190,6 +190,29 @@ def counting_compiler(monkeypatch):
     monkeypatch.setattr(fastpath, "COMPILE_BACKEND", backend)
     yield graphs
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("knobs, epochs, graphs", [
+    ({"kind": "dkd", "warmup_epochs": 5}, 8, 1),  # the warm-up weight changes every epoch: a tensor, one graph
+    ({"kind": "fitnet", "schedule": "two_stage", "hint_epochs": 2}, 5, 2),  # hint-only, then CE: two graphs
+])
+def test_a_methods_schedule_does_not_rebuild_the_compiled_step_every_epoch(teacher, counting_compiler, knobs, epochs,
+                                                                          graphs):
+    """A compiled step that read `context.epoch` would be traced anew every epoch (and fall back to eager after
+    fastpath.RECOMPILE_LIMIT graphs); schedules reach `losses` through `Method.schedule` instead."""
+    images, labels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4)), torch.arange(8)
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10)
+    unit = StudentUnit(model, build_method(method_spec(**knobs), model, teacher))
+    targets = compute_teacher_targets(teacher, images, unit.method.teacher_needs())
+    step = fastpath.compiled(student_losses)
+    for epoch in range(epochs):
+        context = unit.method.scheduled(StepContext(epoch, epochs), CPU)
+        got, parts, _ = step(unit, images, labels, targets, context)
+        expected, expected_parts, _ = student_losses(unit, images, labels, targets, context)
+        assert list(parts) == list(expected_parts)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    assert len(counting_compiler) == graphs
 
 
 def test_compiled_step_is_traced_once_and_reused_by_every_student(teacher, counting_compiler):

@@ -89,6 +89,7 @@ class FusedStudents:
         return torch.stack(buffers)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets, context: StepContext) -> None:
+        context = self.template.method.scheduled(context, self.device)  # one config for all: one schedule
         with self.fast.autocast(self.device):
             loss, parts, metrics = self._losses(self.template, self.params, self.buffers, images, labels, targets,
                                                 context)

@@ -163,6 +163,7 @@ class StudentTrainer:
         return {"fused": True, "foreach": False} if self.fast.fused_sgd else {"fused": None, "foreach": False}
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, targets: TeacherTargets, context: StepContext) -> None:
+        context = self.unit.method.scheduled(context, self.device)
         with self.fast.autocast(self.device):
             loss, parts, metrics = self._losses(self.unit, images, labels, targets, context)
         self.optimizer.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ subclass decorated with `@register_method` (`registry.py`), which names it. See 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -31,6 +31,9 @@ class StepContext:
     epochs: int  # epochs in the run
     step: int = 0  # 0-based step within the epoch
     steps_per_epoch: int = 1
+    # The method's `schedule(context)`, as the training loop hands it to `losses`: floats as 0-d float32 tensors on
+    # the training device, bools as they are. Empty when `losses` is called directly.
+    schedule: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +76,23 @@ class Method(nn.Module):
     def predict(self, student: Intermediates) -> torch.Tensor:
         """Logits used for test accuracy."""
         return student.logits
+
+    def schedule(self, context: StepContext) -> dict[str, float | bool]:
+        """Per-step values of a schedule (a warm-up weight, which stage of training this is), computed outside the
+        compiled step. Read them in `losses` from `context.schedule` rather than deriving them from `context.epoch`:
+        torch.compile (on by default on CUDA) builds a new graph for every distinct Python number a step reads, but
+        not for a tensor's value, so a float reaches `losses` as a tensor (no new graph) and a bool as a bool (one
+        graph per value, e.g. FitNets' two stages)."""
+        return {}
+
+    def scheduled(self, context: StepContext, device: torch.device) -> StepContext:
+        """`context` with this method's schedule filled in, as the training loop passes it."""
+        values = self.schedule(context)
+        if not values:
+            return context
+        return replace(context, schedule={
+            k: v if isinstance(v, bool) else torch.tensor(v, dtype=torch.float32, device=device)
+            for k, v in values.items()})
 
     # Declarations the sweep reads without building the method -------------------------------------------------
     @classmethod

@@ -73,11 +73,14 @@ class DKD(Method):
         w = self.config.warmup_epochs
         return 1.0 if w == 0 else min((context.epoch + 1) / w, 1.0)
 
+    def schedule(self, context: StepContext) -> dict[str, float]:
+        return {"warmup": self.warmup(context)}
+
     def losses(self, student: Intermediates, targets: TeacherTargets, labels: torch.Tensor,
                context: StepContext) -> LossOutput:
         c = self.config
         tckd, nckd = dkd_per_sample(student.logits, targets.logits, labels, c.temperature)
-        scale = self.warmup(context)
+        scale = context.schedule["warmup"] if "warmup" in context.schedule else self.warmup(context)
         parts = {
             "ce": c.ce_weight * cross_entropy_per_sample(student.logits, labels).mean(),
             "tckd": scale * c.alpha * tckd.mean(),

@@ -85,8 +85,13 @@ class FitNet(Method):
     def teacher_needs(self) -> TeacherNeeds:
         return TeacherNeeds(frozenset({TargetKey(self.hint, self.size)}), logits=self.config.kd_weight > 0)
 
+    def schedule(self, context: StepContext) -> dict[str, bool]:
+        return {"hint_only": self.config.schedule == "two_stage" and context.epoch < self.config.hint_epochs}
+
     def hint_only(self, context: StepContext) -> bool:
-        return self.config.schedule == "two_stage" and context.epoch < self.config.hint_epochs
+        if "hint_only" in context.schedule:  # as the training loop passes it (see Method.schedule)
+            return context.schedule["hint_only"]
+        return self.schedule(context)["hint_only"]
 
     def losses(self, student: Intermediates, targets: TeacherTargets, labels: torch.Tensor,
                context: StepContext) -> LossOutput:
