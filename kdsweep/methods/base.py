@@ -13,6 +13,7 @@ subclass decorated with `@register_method` (`registry.py`), which names it. See 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -90,9 +91,15 @@ class Method(nn.Module):
         values = self.schedule(context)
         if not values:
             return context
-        return replace(context, schedule={
-            k: v if isinstance(v, bool) else torch.tensor(v, dtype=torch.float32, device=device)
-            for k, v in values.items()})
+        return replace(context, schedule={k: v if isinstance(v, bool) else _scalar(float(v), device)
+                                          for k, v in values.items()})
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A read-only 0-d float32 tensor on `device`, made once per value (a schedule changes once per epoch, not per
+    step, so the host-to-device copy is not paid every step)."""
+    return torch.tensor(value, dtype=torch.float32, device=device)
 
     # Declarations the sweep reads without building the method -------------------------------------------------
     @classmethod
