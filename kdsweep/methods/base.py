@@ -94,13 +94,6 @@ class Method(nn.Module):
         return replace(context, schedule={k: v if isinstance(v, bool) else _scalar(float(v), device)
                                           for k, v in values.items()})
 
-
-@functools.lru_cache(maxsize=256)
-def _scalar(value: float, device: torch.device) -> torch.Tensor:
-    """A read-only 0-d float32 tensor on `device`, made once per value (a schedule changes once per epoch, not per
-    step, so the host-to-device copy is not paid every step)."""
-    return torch.tensor(value, dtype=torch.float32, device=device)
-
     # Declarations the sweep reads without building the method -------------------------------------------------
     @classmethod
     def loss_label(cls, config) -> str:
@@ -117,3 +110,10 @@ def _scalar(value: float, device: torch.device) -> torch.Tensor:
     def config_problems(cls, config, student: FeatureInfo, teacher: FeatureInfo | None) -> list[tuple[str, str]]:
         """(knob, expectation) for settings that are invalid together or for this student/teacher pair."""
         return []
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A read-only 0-d float32 tensor on `device`, made once per value (a schedule changes once per epoch, not per
+    step, so the host-to-device copy is not paid every step)."""
+    return torch.tensor(value, dtype=torch.float32, device=device)
