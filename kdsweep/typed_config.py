@@ -166,6 +166,13 @@ def build(cls: type, values: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def knob_text(value) -> str:
+    """A knob value as text: tuples as '0.667,0.333', floats in %g."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def as_record(config) -> dict:
     """Flat, JSON- and parquet-friendly values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

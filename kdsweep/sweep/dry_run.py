@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from kdsweep.estimate import sweep_cost
+from kdsweep.typed_config import knob_text
 from kdsweep.space import Space
 from kdsweep.storage import Store
 from kdsweep.sweep import scope
@@ -61,14 +62,9 @@ def describe(space: Space) -> str:
 def describe_method(method) -> str:
     """'kind=simkd taps=multi gate=teacher_correct': the method and the knobs that differ from its defaults."""
     default = type(method.config)()
-    changed = [f"{k}={_show(v)}" for k, v in vars(method.config).items()
+    changed = [f"{k}={knob_text(v)}" for k, v in vars(method.config).items()
                if k != "loss" and v != getattr(default, k)]
     return " ".join([f"kind={method.kind}", *changed])
-
-
-def _show(value) -> str:
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}" if isinstance(
-        value, float) else str(value)
 
 
 def format_flops(flops: float) -> str:

@@ -27,6 +27,7 @@ from kdsweep.engine.records import EPOCH_KEYS, measured
 from kdsweep.methods import methods
 from kdsweep.space import Space
 from kdsweep.storage import Store
+from kdsweep.typed_config import knob_text
 from kdsweep.sweep.plan import read_records
 
 STUDENT_DISPLAY = {"MobileNetV2_1_0": "MobileNetV2x2"}  # the SimKD paper's and the seed report's name
@@ -56,8 +57,8 @@ def knob_columns(runs) -> list[str]:
 
 
 def _knob_value(value):
-    """A knob as one parquet cell: tuples and lists of numbers as '0.667,0.333'."""
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else value
+    """A knob as one parquet cell: tuples and lists of numbers as text ('0.667,0.333'), scalars as they are."""
+    return knob_text(value) if isinstance(value, (list, tuple)) else value
 
 
 def reported_runs(space: Space):
