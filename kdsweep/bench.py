@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from kdsweep.data import CIFAR100_MEAN, CIFAR100_STD, ImageData, NUM_VIEWS
+from kdsweep.data import CIFAR100_GEOMETRY, CIFAR100_MEAN, CIFAR100_STD, ImageData
 from kdsweep.data.synthetic import synthetic_split
 from kdsweep.engine.device import describe_device, resolve_device
 from kdsweep.engine.fastpath import FastPath, resolve_fast_path
@@ -52,6 +52,8 @@ from kdsweep.storage import Store
 PATHS = ("reference", "single", "group", "cache", "fused")
 GRID_STUDENTS, GRID_EPOCHS = 120, 240  # the full seed grid: 4 variants x 2 losses x 5 lrs x 3 seeds, 240 epochs
 BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core FLOP/s by card name (docs/cost-model.md)
+
+NUM_VIEWS = CIFAR100_GEOMETRY.num_views  # the bench measures CIFAR-sized inputs (32 px, padding 4): 162
 
 
 @dataclass
@@ -129,7 +131,7 @@ def run_bench(options: BenchOptions, log=print) -> BenchResult:
     teacher = freeze(create_model(options.teacher, num_classes=options.num_classes))
     images_needed = max(options.batch_size * _total_steps(options), options.cache_images)
     images, labels = synthetic_split(0, "train", images_needed, options.num_classes)
-    data = ImageData(images, labels, images[:0], labels[:0], options.num_classes, CIFAR100_MEAN, CIFAR100_STD)
+    data = ImageData(images, labels, images[:0], labels[:0], options.num_classes, CIFAR100_GEOMETRY)
     peak, peak_source = peak_flops(device, fast.bf16, fast.layout(copy.deepcopy(teacher).to(device)),
                                    options.batch_size)
     result = BenchResult(options, describe_device(device), fast.as_record(), peak, peak_source,

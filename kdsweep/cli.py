@@ -88,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--milestones", type=int, nargs="*", help="default: 150 180 210 scaled to --epochs")
     p.add_argument("--checkpoint-every", type=int, default=10)
-    p.add_argument("--dataset", choices=("cifar100", "synthetic"), default="cifar100")
-    p.add_argument("--data-root", default="data", help="folder holding cifar-100-python/ (default: data)")
-    p.add_argument("--download", action="store_true", help="download CIFAR-100 with torchvision if missing")
-    p.add_argument("--synthetic-classes", type=int, default=10)
-    p.add_argument("--train-size", type=int, default=2000, help="synthetic training images")
-    p.add_argument("--test-size", type=int, default=500, help="synthetic test images")
+    p.add_argument("--dataset", default="cifar100",
+                   help="cifar100 (default), cifar10, image_folder, synthetic (`kdsweep datasets` lists them)")
+    p.add_argument("--data", action="append", default=[], metavar="KNOB=VALUE",
+                   help="the dataset's knobs, repeatable: image_size=64, train_subset=1000, num_classes=10, ... "
+                        "(synthetic here defaults to num_classes=10 train_size=2000 test_size=500)")
+    p.add_argument("--data-root", default="data", help="the dataset's root knob, for datasets read from files "
+                                                         "(default: data)")
+    p.add_argument("--download", action="store_true", help="the dataset's download knob: fetch CIFAR if missing")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--teacher-cache", choices=("auto", "on", "off"), default="auto",
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the distillation methods and their knobs")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="also list a plug-in's methods")
     p.set_defaults(handler=cmd_methods)
+
+    p = sub.add_parser("datasets", help="list the datasets and their knobs")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="also list a plug-in's datasets")
+    p.set_defaults(handler=cmd_datasets)
 
     from kdsweep import bench_command, cluster_command
 
@@ -183,41 +189,55 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from kdsweep.data import DataSpec
-    from kdsweep.engine import Recipe
-    from kdsweep.single import TrainRequest, parse_method_knobs, train
+    from kdsweep.single import TrainRequest, parse_data_options, parse_knobs, parse_recipe, train
     from kdsweep.storage import absolute_location
 
-    if args.dataset == "synthetic":
-        data = DataSpec("synthetic", num_classes=args.synthetic_classes, train_size=args.train_size,
-                        test_size=args.test_size)
-    else:
-        data = DataSpec("cifar100", root=absolute_location(args.data_root), download=args.download)
-    if args.epochs < 1 or args.batch_size < 2:
-        raise UserError(f"--epochs must be >= 1 and --batch-size >= 2, got {args.epochs} and {args.batch_size}.")
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size,
-                    milestones=tuple(args.milestones) if args.milestones else None,
-                    checkpoint_every=args.checkpoint_every)
+    plugins = tuple(absolute_location(p) for p in args.plugin)
+    data = parse_data_options(args.dataset, parse_knobs(args.data, "--data", "image_size=64"), args.data_root,
+                              args.download, plugins)
+    recipe = parse_recipe({"epochs": args.epochs, "batch_size": args.batch_size, "milestones": args.milestones or None,
+                           "checkpoint_every": args.checkpoint_every})
     req = TrainRequest(student=args.student, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
                        data=data, recipe=recipe, lrs=args.lr, seed=args.seed,
-                       method=parse_method_knobs(args.method), out=args.out, device=args.device,
+                       method=parse_knobs(args.method, "--method", "kind=dkd"), out=args.out, device=args.device,
                        threads=args.threads, execution={"teacher_cache": args.teacher_cache, **speed_switches(args)},
-                       plugins=tuple(absolute_location(p) for p in args.plugin))
+                       plugins=plugins)
     train(req)
     return 0
 
 
 def cmd_methods(args) -> int:
+    from kdsweep.methods import methods
+
+    _list_registered(args.plugin, methods, lambda cls: "" if cls.needs_teacher else " [no teacher]")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from kdsweep.data import datasets
+
+    def geometry(cls) -> str:
+        try:
+            g = cls.geometry(cls.Config())
+        except Exception:  # a geometry that depends on required knobs
+            return ""
+        return f" [{g.image_size} px, padding {g.padding}: {g.num_views} views]"
+
+    _list_registered(args.plugin, datasets, geometry)
+    return 0
+
+
+def _list_registered(plugins: list[str], registered, note) -> None:
+    """Each registered class with its summary and every knob's type, bounds, default and meaning."""
     from kdsweep import typed_config
-    from kdsweep.methods import load_plugins, methods
+    from kdsweep.registry import load_plugins
     from kdsweep.storage import absolute_location
 
-    load_plugins(absolute_location(p) for p in args.plugin)
-    for name, cls in methods().items():
-        print(f"{name}: {cls.summary}{'' if cls.needs_teacher else ' [no teacher]'}")
+    load_plugins(absolute_location(p) for p in plugins)
+    for name, cls in registered().items():
+        print(f"{name}: {cls.summary}{note(cls)}")
         for k in typed_config.knobs(cls.Config):
             print(f"  {k.name:<16} {k.describe()}")
-    return 0
 
 
 if __name__ == "__main__":

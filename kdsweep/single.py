@@ -6,14 +6,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from kdsweep.data import DataSpec
+from kdsweep import typed_config
+from kdsweep.data import DataSpec, dataset_class, dataset_problems, parse_dataset
 from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
+from kdsweep.engine.recipe import section_problems
 from kdsweep.errors import UserError
+from kdsweep.ids import digest, teacher_identity
 from kdsweep.methods import load_plugins, method_problems, parse_method
 from kdsweep.models import feature_info
-from kdsweep.ids import digest, teacher_identity
-from kdsweep.yamlsafe import parse_value
 from kdsweep.storage import absolute_location
+from kdsweep.typed_config import knob_names
+from kdsweep.yamlsafe import parse_value
 
 
 @dataclass
@@ -33,16 +36,51 @@ class TrainRequest:
     plugins: tuple[str, ...] = ()  # files registering methods of the user's own (absolute paths)
 
 
-def parse_method_knobs(items: list[str]) -> dict:
+# `kdsweep train --dataset synthetic` is a quick offline check, so its sizes are small unless --data sets them.
+QUICK_SYNTHETIC = {"num_classes": 10, "train_size": 2000, "test_size": 500}
+
+
+def parse_knobs(items: list[str], flag: str, example: str) -> dict:
     """`--method kind=dkd --method beta=4` -> {"kind": "dkd", "beta": 4} (values parsed as YAML scalars)."""
     knobs = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--method {item}: expected KNOB=VALUE, e.g. --method kind=dkd or --method taps=multi "
-                            f"(`kdsweep methods` lists every method and its knobs).")
+            raise UserError(f"{flag} {item}: expected KNOB=VALUE, e.g. {flag} {example} (`kdsweep methods` and "
+                            f"`kdsweep datasets` list every method and dataset with its knobs).")
         knobs[key] = parse_value(text)
     return knobs
+
+
+def parse_recipe(values: dict) -> Recipe:
+    """The recipe of `--epochs`, `--batch-size`, `--milestones` and `--checkpoint-every` (the space's `recipe`)."""
+    problems = section_problems(Recipe, values, "recipe")
+    if problems:
+        flag = {f"recipe.{k}": f"--{k.replace('_', '-')}" for k in values}
+        raise UserError("; ".join(f"{flag.get(p, p)}: {m}" for p, m in problems) + ".")
+    return typed_config.build(Recipe, values)
+
+
+def parse_data_options(name: str, knobs: dict, root: str, download: bool, plugins: tuple[str, ...]) -> DataSpec:
+    """The dataset of `--dataset NAME --data KNOB=VALUE ...`; --data-root and --download fill the `root` and
+    `download` knobs of datasets that have them."""
+    load_plugins(plugins)
+    try:
+        names = knob_names(dataset_class(name).Config)
+    except KeyError as err:
+        raise UserError(f"--dataset: {err.args[0]}.") from None
+    values = {**(QUICK_SYNTHETIC if name == "synthetic" else {}), **knobs}
+    if "root" in names:
+        values.setdefault("root", root)
+    if download:
+        if "download" not in names:
+            raise UserError(f"--download: dataset {name} is not downloaded (it has no download knob).")
+        values["download"] = True
+    problems = dataset_problems({"name": name, **values}, "--data")
+    if problems:
+        raise UserError("; ".join(f"{p.replace('--data.', '--data ')}: {m}" for p, m in problems)
+                        + ". `kdsweep datasets` lists every dataset and its knobs.")
+    return parse_dataset({"name": name, **values})
 
 
 def build_group(req: TrainRequest) -> GroupSpec:
@@ -56,8 +94,9 @@ def build_group(req: TrainRequest) -> GroupSpec:
     kind = method.kind
     if method.method.needs_teacher and not (req.teacher and req.teacher_checkpoint):
         raise UserError(f"method '{kind}' needs --teacher ARCH and --teacher-checkpoint FILE.")
-    pair = method.method.config_problems(method.config, feature_info(req.student),
-                                         feature_info(req.teacher) if req.teacher else None)
+    size = req.data.geometry.image_size
+    pair = method.method.config_problems(method.config, feature_info(req.student, size),
+                                         feature_info(req.teacher, size) if req.teacher else None)
     if pair:
         raise UserError("; ".join(f"--method {k}: expected {m}" for k, m in pair) + ".")
     if any(lr <= 0 for lr in req.lrs):

@@ -43,7 +43,8 @@ class Knob:
     name: str
     kind: type  # bool | int | float | str | tuple
     optional: bool  # admits None
-    length: int | None  # tuples: the fixed number of elements
+    length: int | None  # tuples: the fixed number of elements; None for `tuple[int, ...]` (any length)
+    element: type | None  # tuples: the elements' type (int or float)
     default: object
     choices: tuple | None
     bounds: dict  # {"ge": 0, ...}: only the bounds that are set
@@ -54,7 +55,7 @@ class Knob:
         if self.choices:
             what = " | ".join(map(str, self.choices))
         elif self.kind is tuple:
-            what = f"{self.length} numbers"
+            what = f"{self.length} numbers" if self.length else f"a list of {_PLURAL[self.element]}"
         else:
             what = self.kind.__name__
         what += " " + ", ".join(f"{_SYMBOL[b]} {v:g}" for b, v in self.bounds.items()) if self.bounds else ""
@@ -65,6 +66,7 @@ class Knob:
 
 
 _SYMBOL = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_PLURAL = {int: "integers", float: "numbers"}
 
 
 @cache
@@ -73,10 +75,10 @@ def knobs(cls: type) -> tuple[Knob, ...]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in fields(cls):
-        kind, optional, length = _resolve(hints[f.name])
+        kind, optional, length, element = _resolve(hints[f.name])
         meta = f.metadata
         out.append(Knob(
-            name=f.name, kind=kind, optional=optional, length=length, default=f.default,
+            name=f.name, kind=kind, optional=optional, length=length, element=element, default=f.default,
             choices=meta.get("choices"), bounds={b: meta[b] for b in _SYMBOL if meta.get(b) is not None},
             doc=meta.get("doc", ""),
         ))
@@ -87,8 +89,9 @@ def knob_names(cls: type) -> tuple[str, ...]:
     return tuple(k.name for k in knobs(cls))
 
 
-def _resolve(annotation) -> tuple[type, bool, int | None]:
-    """(base type, optional, tuple length) of a field annotation such as `float | None` or `tuple[float, float]`."""
+def _resolve(annotation) -> tuple[type, bool, int | None, type | None]:
+    """(base type, optional, tuple length, tuple element type) of a field annotation such as `float | None`,
+    `tuple[float, float]` (two numbers) or `tuple[int, ...]` (a list of integers of any length)."""
     optional = False
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -97,10 +100,15 @@ def _resolve(annotation) -> tuple[type, bool, int | None]:
         (annotation,) = args
         origin = typing.get_origin(annotation)
     if origin is tuple:
-        return tuple, optional, len(typing.get_args(annotation))
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple, optional, None, args[0]
+        if len(set(args)) != 1 or args[0] not in (int, float):
+            raise TypeError(f"tuple config fields hold ints or floats of one type; got {annotation!r}")
+        return tuple, optional, len(args), args[0]
     if annotation not in (bool, int, float, str):
-        raise TypeError(f"config fields are bool, int, float, str, optional or fixed tuples; got {annotation!r}")
-    return annotation, optional, None
+        raise TypeError(f"config fields are bool, int, float, str, optional or tuples of numbers; got {annotation!r}")
+    return annotation, optional, None, None
 
 
 def value_problems(k: Knob, value, path: str) -> list[Problem]:
@@ -109,8 +117,9 @@ def value_problems(k: Knob, value, path: str) -> list[Problem]:
         return [] if k.optional else [(path, f"expected {k.describe().split(' (default')[0]}, got null")]
     if k.kind is tuple:
         items = value if isinstance(value, (list, tuple)) else None
-        if items is None or len(items) != k.length or not all(_is_number(v) for v in items):
-            return [(path, f"expected a list of {k.length} numbers, got {value!r}")]
+        wanted = f"{k.length} {_PLURAL[k.element]}" if k.length else _PLURAL[k.element]
+        if items is None or (k.length and len(items) != k.length) or not all(_has_type(v, k.element) for v in items):
+            return [(path, f"expected a list of {wanted}, got {value!r}")]
         return [p for i, v in enumerate(items) for p in _bound_problems(k, v, f"{path}[{i}]")]
     if not _has_type(value, k.kind):
         expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}[k.kind]
@@ -141,18 +150,20 @@ def _bound_problems(k: Knob, value, path: str) -> list[Problem]:
     return [(path, f"expected a value {' and '.join(broken)}, got {value!r}")] if broken else []
 
 
-def problems(cls: type, values: dict, path: str, owner: str = "this section") -> list[Problem]:
+def problems(cls: type, values: dict, path: str, owner: str = "this section", noun: str = "knob") -> list[Problem]:
     """Every problem of `values` as (a part of) a `cls` config: unknown keys (with a did-you-mean and the allowed
     keys) and invalid values. `path` prefixes the key paths, e.g. 'variants.dkd.method'; `owner` names the config
-    in messages ('method dkd')."""
+    in messages ('method dkd'), `noun` its fields ('knob', 'key')."""
+    if not isinstance(values, dict):
+        return [(path, f"expected a mapping of {noun}s to values, got {values!r}")]
     by_name = {k.name: k for k in knobs(cls)}
     out = []
     for name, value in values.items():
         where = f"{path}.{name}" if path else str(name)
         if name not in by_name:
             hint = closest(str(name), by_name, cutoff=0.6)  # knob names are short: at 0.5, 'taps' would suggest 'beta'
-            out.append((where, f"unknown knob {str(name)!r}{f' (did you mean {hint!r}?)' if hint else ''}; "
-                               + (f"{owner} has: {', '.join(by_name)}" if by_name else f"{owner} has no knobs")))
+            out.append((where, f"unknown {noun} {str(name)!r}{f' (did you mean {hint!r}?)' if hint else ''}; "
+                               + (f"{owner} has: {', '.join(by_name)}" if by_name else f"{owner} has no {noun}s")))
         else:
             out.extend(value_problems(by_name[name], value, where))
     return out

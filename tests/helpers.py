@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from kdsweep.data import DataSpec
+from kdsweep.data import DataSpec, parse_dataset
 from kdsweep.engine import GroupSpec, Recipe, RunSpec, TeacherSpec
 from kdsweep.methods import MethodSpec, parse_method
 from kdsweep.models import create_model
 
-TINY_DATA = DataSpec("synthetic", num_classes=10, train_size=192, test_size=64, seed=0)
+TINY_DATA = parse_dataset({"name": "synthetic", "num_classes": 10, "train_size": 192, "test_size": 64, "seed": 0})
 
 
 def method_spec(**knobs) -> MethodSpec:
@@ -63,3 +63,14 @@ storage: {storage}
 execution: {{device: cpu, max_failures: 1}}
 {extra}
 """
+
+
+def synthetic(**knobs) -> DataSpec:
+    """A synthetic DataSpec with these knobs."""
+    return parse_dataset({"name": "synthetic", **knobs})
+
+
+def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, 3, size, size) covering the full 0..255 range, with distinct borders so that crop offsets matter."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

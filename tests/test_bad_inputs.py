@@ -21,10 +21,11 @@ EXPECTED = {
     "empty.yaml": ["is empty", "Expected a YAML mapping with `experiment`"],
     "comments_only.yaml": ["is empty"],
     "wrong_types.yaml": ["student: Input should be a mapping; got ['resnet8']",
-                         "recipe.epochs: Input should be a valid integer; got 'ten'",
-                         "recipe.batch_size: Input should be a valid integer; got 32.5"],
-    "unknown_keys.yaml": ["recipe.epoch: unknown key (did you mean 'epochs'?); allowed here: epochs",
-                          "varaints: unknown key (did you mean 'variants'?)"],
+                         "recipe.epochs: expected an integer, got 'ten'",
+                         "recipe.batch_size: expected an integer, got 32.5"],
+    "unknown_keys.yaml": ["recipe.epoch: unknown key 'epoch' (did you mean 'epochs'?); recipe has: epochs",
+                          "varaints: unknown key (did you mean 'variants'?)",
+                          "(3 problems)"],  # no axis problem while the variants, whose knobs axes are, are invalid
     "unknown_names.yaml": ["student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known: MobileNetV2",
                            "variants.multi.method.taps: expected one of last, multi, all_blocks "
                            "(did you mean 'multi'?), got 'mutli'",

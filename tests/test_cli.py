@@ -60,8 +60,8 @@ def test_usage_errors_exit_2_with_one_paragraph(capsys, tmp_path):
 def test_train_takes_the_speed_switches_and_records_them(tmp_path, capsys):
     from kdsweep.cli import main
 
-    args = ["train", "--student", "resnet8", "--dataset", "synthetic", "--epochs", "1", "--train-size", "64",
-            "--test-size", "32", "--threads", "1", "--precision", "bf16", "--teacher-cache", "off",
+    args = ["train", "--student", "resnet8", "--dataset", "synthetic", "--epochs", "1", "--data", "train_size=64",
+            "--data", "test_size=32", "--threads", "1", "--precision", "bf16", "--teacher-cache", "off",
             "--out", str(tmp_path)]
     assert main(args) == 0
     (progress,) = tmp_path.glob("runs/*/progress.json")

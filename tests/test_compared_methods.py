@@ -142,7 +142,7 @@ def test_fitnet_refuses_a_stage_the_networks_lack(nets):
 
 def test_fitnet_two_stage_ends_above_chance(tmp_path):
     """One hint-only epoch, then one epoch of CE: the student is still clearly above chance (10%)."""
-    data = replace(TINY_DATA, train_size=1024, test_size=256)
+    data = TINY_DATA.with_knobs(train_size=1024, test_size=256)
     torch.manual_seed(0)
     teacher = create_model("resnet8", num_classes=10)
     path = tmp_path / "teacher.pt"

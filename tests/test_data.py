@@ -14,10 +14,9 @@ import torchvision.transforms as T
 from PIL import Image
 
 from kdsweep.data import (
+    CIFAR100_GEOMETRY,
     CIFAR100_MEAN,
     CIFAR100_STD,
-    NUM_VIEWS,
-    DataSpec,
     EpochPlan,
     apply_views,
     augment,
@@ -26,20 +25,21 @@ from kdsweep.data import (
     epoch_plan,
     load_dataset,
     normalise,
+    dataset_problems,
+    parse_dataset,
     prepare_test,
 )
-from kdsweep.data import cifar100
+from kdsweep.data.registry import DataSpec
+from kdsweep.data import cifar100, cifar_format
 from kdsweep.data.synthetic import synthetic_split
 from kdsweep.errors import UserError
 from cifar_files import write_cifar100_archive
+from helpers import random_images, synthetic
 
+CIFAR = CIFAR100_GEOMETRY
+PAD = CIFAR.padding  # 4 px
+NUM_VIEWS = CIFAR.num_views  # 162
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def random_images(n: int, seed: int = 0) -> torch.Tensor:
-    """uint8 (n, 3, 32, 32) covering the full 0..255 range, with distinct borders so that crop offsets matter."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
 
 
 def all_views() -> torch.Tensor:
@@ -51,11 +51,11 @@ def all_views() -> torch.Tensor:
 
 def test_view_codes_round_trip():
     views = all_views()
-    dy, dx, flip = decode_views(views)
-    assert torch.equal(encode_views(dy, dx, flip), views)
+    dy, dx, flip = decode_views(views, PAD)
+    assert torch.equal(encode_views(dy, dx, flip, PAD), views)
     assert dy.unique().tolist() == list(range(9)) and dx.unique().tolist() == list(range(9))
     assert flip.unique().tolist() == [0, 1]
-    assert encode_views(8, 8, 1) == NUM_VIEWS - 1 and decode_views(NUM_VIEWS - 1) == (8, 8, 1)
+    assert encode_views(8, 8, 1, PAD) == NUM_VIEWS - 1 and decode_views(NUM_VIEWS - 1, PAD) == (8, 8, 1)
 
 
 def test_augment_equals_torchvision_for_every_view(monkeypatch):
@@ -66,9 +66,9 @@ def test_augment_equals_torchvision_for_every_view(monkeypatch):
     images[0, :, :4] = 255  # a bright band at the top: the zero padding must appear next to it
     for image in images:
         pil = Image.fromarray(image.permute(1, 2, 0).numpy())  # HWC, as torchvision's CIFAR100 builds it
-        ours = augment(image.expand(NUM_VIEWS, -1, -1, -1), all_views(), CIFAR100_MEAN, CIFAR100_STD)
+        ours = augment(image.expand(NUM_VIEWS, -1, -1, -1), all_views(), CIFAR)
         for view in range(NUM_VIEWS):
-            dy, dx, flip = decode_views(view)
+            dy, dx, flip = decode_views(view, PAD)
             forced["crop"] = (dy, dx, 32, 32)  # (top, left, height, width) in the zero-padded 40x40 image
             reference = T.Compose(
                 [
@@ -87,30 +87,30 @@ def test_normalise_is_bit_identical_for_every_pixel_value():
     reference = T.Normalize(CIFAR100_MEAN, CIFAR100_STD)(T.ToTensor()(pil))
     ours = normalise(values, CIFAR100_MEAN, CIFAR100_STD)
     assert ours.dtype == torch.float32 and torch.equal(ours[0], reference)
-    assert torch.equal(prepare_test(values, CIFAR100_MEAN, CIFAR100_STD), ours)
+    assert torch.equal(prepare_test(values, CIFAR), ours)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_augmentation_is_the_same_on_every_device(device):
     images = random_images(2 * NUM_VIEWS, seed=1)
     views = all_views().repeat(2)
-    expected = augment(images, views, CIFAR100_MEAN, CIFAR100_STD)
-    got = augment(images.to(device), views.to(device), CIFAR100_MEAN, CIFAR100_STD)
+    expected = augment(images, views, CIFAR)
+    got = augment(images.to(device), views.to(device), CIFAR)
     assert got.device.type == device and torch.equal(got.cpu(), expected)
-    assert apply_views(images.to(device), views.to(device)).dtype == torch.uint8
+    assert apply_views(images.to(device), views.to(device), PAD).dtype == torch.uint8
 
 
 def test_apply_views_edge_cases():
     images = random_images(1)
-    identity = encode_views(4, 4, 0)  # no shift, no flip
-    assert torch.equal(apply_views(images, torch.tensor([identity])), images)
-    assert torch.equal(apply_views(images, torch.tensor([encode_views(4, 4, 1)])), images.flip(-1))
-    corner = apply_views(images, torch.tensor([encode_views(0, 0, 0)]))  # 4 px of zero padding top and left
+    identity = encode_views(4, 4, 0, PAD)  # no shift, no flip
+    assert torch.equal(apply_views(images, torch.tensor([identity]), PAD), images)
+    assert torch.equal(apply_views(images, torch.tensor([encode_views(4, 4, 1, PAD)]), PAD), images.flip(-1))
+    corner = apply_views(images, torch.tensor([encode_views(0, 0, 0, PAD)]), PAD)  # 4 px of zero padding top and left
     assert corner[..., :4, :].eq(0).all() and corner[..., :, :4].eq(0).all()
     assert torch.equal(corner[..., 4:, 4:], images[..., :28, :28])
-    assert apply_views(images[:0], torch.tensor([], dtype=torch.long)).shape == (0, 3, 32, 32)
+    assert apply_views(images[:0], torch.tensor([], dtype=torch.long), PAD).shape == (0, 3, 32, 32)
     with pytest.raises(ValueError):
-        apply_views(images, torch.tensor([0, 1]))
+        apply_views(images, torch.tensor([0, 1]), PAD)
 
 
 # --- the epoch stream ----------------------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ def test_epoch_plan_views_are_uniform():
     Thresholds are the 99.9% quantiles of chi-square: 124.84 for 80 degrees of freedom (9x9 crop cells), 222.19 for
     161 (all 162 views, which also tests the flip's independence from the crop).
     """
-    views = torch.cat([epoch_plan(seed=0, epoch=e, num_images=50_000).views for e in range(4)])
-    dy, dx, flip = decode_views(views)
+    views = torch.cat([epoch_plan(seed=0, epoch=e, num_images=50_000, num_views=NUM_VIEWS).views for e in range(4)])
+    dy, dx, flip = decode_views(views, PAD)
 
     def chi_square(cells: torch.Tensor, k: int) -> float:
         counts = torch.bincount(cells, minlength=k).double()
@@ -137,16 +137,16 @@ def test_epoch_plan_views_are_uniform():
 
 
 def test_epoch_plan_is_a_pure_function_of_seed_and_epoch():
-    plan = epoch_plan(3, 5, 1000)
+    plan = epoch_plan(3, 5, 1000, NUM_VIEWS)
     assert torch.equal(plan.order.sort().values, torch.arange(1000))
     assert plan.order.dtype == plan.views.dtype == torch.int64
     torch.manual_seed(1)
-    again = epoch_plan(3, 5, 1000)  # whatever the global RNG holds
+    again = epoch_plan(3, 5, 1000, NUM_VIEWS)  # whatever the global RNG holds
     assert torch.equal(plan.order, again.order) and torch.equal(plan.views, again.views)
-    for other in (epoch_plan(3, 6, 1000), epoch_plan(4, 5, 1000), epoch_plan(4, 4, 1000)):
+    for other in (epoch_plan(3, 6, 1000, NUM_VIEWS), epoch_plan(4, 5, 1000, NUM_VIEWS), epoch_plan(4, 4, 1000, NUM_VIEWS)):
         assert not torch.equal(plan.order, other.order) and not torch.equal(plan.views, other.views)
     # Golden values: a change here changes every run's data stream (torch's randperm/randint included).
-    golden = epoch_plan(0, 0, 10)
+    golden = epoch_plan(0, 0, 10, NUM_VIEWS)
     assert golden.order.tolist() == [7, 4, 6, 9, 5, 8, 0, 3, 2, 1]
     assert golden.views.tolist() == [135, 71, 103, 33, 27, 130, 17, 36, 21, 123]
 
@@ -154,7 +154,7 @@ def test_epoch_plan_is_a_pure_function_of_seed_and_epoch():
 def test_epoch_plan_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    epoch_plan(0, 0, 5000)
+    epoch_plan(0, 0, 5000, NUM_VIEWS)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -171,7 +171,7 @@ def test_epoch_plan_leaves_the_global_rng_alone():
     ],
 )
 def test_batches(num_images, batch_size, sizes):
-    plan = epoch_plan(0, 1, num_images)
+    plan = epoch_plan(0, 1, num_images, NUM_VIEWS)
     batches = list(plan.batches(batch_size))
     assert [len(i) for i, _ in batches] == sizes and plan.num_batches(batch_size) == len(sizes)
     assert all(len(i) == len(v) for i, v in batches)
@@ -184,12 +184,12 @@ def test_batches(num_images, batch_size, sizes):
 
 def test_batches_rejects_batches_too_small_for_batchnorm():
     with pytest.raises(ValueError, match="BatchNorm"):
-        list(epoch_plan(0, 0, 10).batches(1))
+        list(epoch_plan(0, 0, 10, NUM_VIEWS).batches(1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_plan_to_device(device):
-    plan = epoch_plan(0, 0, 100)
+    plan = epoch_plan(0, 0, 100, NUM_VIEWS)
     moved = plan.to(device)
     assert isinstance(moved, EpochPlan) and moved.order.device.type == device
     assert torch.equal(moved.order.cpu(), plan.order) and torch.equal(moved.views.cpu(), plan.views)
@@ -209,7 +209,7 @@ def archive(tmp_path):
 
 def test_cifar100_round_trip(archive):
     root, train_images, train_labels, test_images, test_labels = archive
-    data = load_dataset(DataSpec("cifar100", root=str(root)))
+    data = load_dataset(cifar100_at(root))
     assert torch.equal(data.train_images, train_images) and torch.equal(data.train_labels, train_labels)
     assert torch.equal(data.test_images, test_images) and torch.equal(data.test_labels, test_labels)
     assert data.train_images.dtype == torch.uint8 and data.train_labels.dtype == torch.int64
@@ -220,11 +220,11 @@ def test_cifar100_round_trip(archive):
 
 def test_cifar100_subsets(archive):
     root, train_images, train_labels, test_images, test_labels = archive
-    data = load_dataset(DataSpec("cifar100", root=str(root), train_subset=50, test_subset=7))
+    data = load_dataset(cifar100_at(root, train_subset=50, test_subset=7))
     assert torch.equal(data.train_images, train_images[:50]) and torch.equal(data.train_labels, train_labels[:50])
     assert torch.equal(data.test_images, test_images[:7]) and torch.equal(data.test_labels, test_labels[:7])
     with pytest.raises(UserError, match="train_subset is 301 but the split has only 300"):
-        load_dataset(DataSpec("cifar100", root=str(root), train_subset=301))
+        load_dataset(cifar100_at(root, train_subset=301))
 
 
 def test_torchvision_reads_the_written_archive(archive, monkeypatch):
@@ -257,20 +257,24 @@ def test_written_archive_has_the_original_byte_string_keys(archive):
 def test_class_count_comes_from_meta(tmp_path):
     images = random_images(30)
     write_cifar100_archive(tmp_path, images[:20], torch.arange(20) % 10, images[20:], torch.arange(10), num_classes=10)
-    assert load_dataset(DataSpec("cifar100", root=str(tmp_path))).num_classes == 10
+    assert load_dataset(cifar100_at(tmp_path)).num_classes == 10
+
+
+def cifar100_at(root, **knobs) -> DataSpec:
+    return parse_dataset({"name": "cifar100", "root": str(root), **knobs})
 
 
 def assert_explains_layout(error: pytest.ExceptionInfo, path) -> None:
     message = str(error.value)
     assert str(path) in message
     assert "cifar-100-python/train, test and meta" in message and "download: true" in message
-    assert cifar100.URL in message
+    assert cifar100.FORMAT.url in message
 
 
 def test_missing_root_is_a_user_error(tmp_path):
     root = tmp_path / "nowhere"
     with pytest.raises(UserError, match="does not exist") as error:
-        load_dataset(DataSpec("cifar100", root=str(root)))
+        load_dataset(cifar100_at(root))
     assert_explains_layout(error, root)
 
 
@@ -278,7 +282,7 @@ def test_missing_test_file_is_a_user_error(archive):
     root = archive[0]
     (root / "cifar-100-python" / "test").unlink()
     with pytest.raises(UserError, match="missing") as error:
-        load_dataset(DataSpec("cifar100", root=str(root)))
+        load_dataset(cifar100_at(root))
     assert_explains_layout(error, root / "cifar-100-python" / "test")
 
 
@@ -291,7 +295,7 @@ def test_unreadable_file_is_a_user_error(archive, content):
     path = archive[0] / "cifar-100-python" / "train"
     path.write_bytes(content)
     with pytest.raises(UserError) as error:
-        load_dataset(DataSpec("cifar100", root=str(archive[0])))
+        load_dataset(cifar100_at(archive[0]))
     assert_explains_layout(error, path)
 
 
@@ -299,11 +303,11 @@ def test_wrong_shapes_are_a_user_error(archive):
     path = archive[0] / "cifar-100-python" / "test"
     path.write_bytes(pickle.dumps({"data": np.zeros((2, 3000), np.uint8), "fine_labels": [0, 1]}, protocol=2))
     with pytest.raises(UserError, match=r"shape \(N, 3072\)") as error:
-        load_dataset(DataSpec("cifar100", root=str(archive[0])))
+        load_dataset(cifar100_at(archive[0]))
     assert_explains_layout(error, path)
     path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 100]}, protocol=2))
     with pytest.raises(UserError, match="fine_labels"):
-        load_dataset(DataSpec("cifar100", root=str(archive[0])))
+        load_dataset(cifar100_at(archive[0]))
 
 
 class _Payload:
@@ -327,60 +331,52 @@ def test_malicious_pickle_is_refused_without_running(archive, attack):
     path = archive[0] / "cifar-100-python" / "meta"
     path.write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(UserError, match="refusing to load") as error:
-        load_dataset(DataSpec("cifar100", root=str(archive[0])))
+        load_dataset(cifar100_at(archive[0]))
     assert_explains_layout(error, path)
     assert not marker.exists()
 
 
 def test_download_is_skipped_when_the_files_are_there(archive, monkeypatch):
-    monkeypatch.setattr(cifar100, "download_cifar100", lambda root: pytest.fail("must not download"))
-    assert load_dataset(DataSpec("cifar100", root=str(archive[0]), download=True)).num_classes == 100
-
-
-def test_download_uses_torchvision_and_reports_failures(tmp_path, monkeypatch):
-    """The network is faked: a 'download' that writes an archive, then one that fails."""
-    import torchvision.datasets.utils as tv_utils
-
-    calls = []
-
-    def fake_download(url, root, filename, md5):
-        calls.append((url, filename, md5))
-        write_cifar100_archive(root, random_images(4), torch.arange(4), random_images(2), torch.arange(2))
-
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
-    assert len(load_dataset(DataSpec("cifar100", root=str(tmp_path / "new"), download=True)).train_labels) == 4
-    assert calls == [(cifar100.URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")]
-
-    def no_network(url, root, filename, md5):
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", no_network)
-    with pytest.raises(UserError, match="could not download") as error:
-        load_dataset(DataSpec("cifar100", root=str(tmp_path / "offline"), download=True))
-    assert_explains_layout(error, tmp_path / "offline")
+    monkeypatch.setattr(cifar_format, "download", lambda fmt, root: pytest.fail("must not download"))
+    assert load_dataset(cifar100_at(archive[0], download=True)).num_classes == 100
 
 
 @pytest.mark.parametrize(
-    "spec, message",
+    "values, path, message",
     [
-        (DataSpec("cifar10", root="x"), "unknown dataset 'cifar10' \\(did you mean 'cifar100'\\?\\)"),
-        (DataSpec("cifar100"), "dataset.root must name"),
-        (DataSpec("cifar100", root="x", num_classes=10), "num_classes applies to synthetic only"),
-        (DataSpec("synthetic", root="x"), "root applies to cifar100 only"),
-        (DataSpec("synthetic", train_subset=0), "train_subset must be an integer >= 1"),
-        (DataSpec("synthetic", num_classes=1), "num_classes must be an integer >= 2"),
+        ({"name": "cifar1000", "root": "x"}, "dataset.name",
+         "unknown dataset 'cifar1000' (did you mean 'cifar100'?); known: cifar10, cifar100, image_folder, synthetic"),
+        ({"name": "cifar100"}, "dataset.root", "required: the folder that holds (or will hold) cifar-100-python/"),
+        ({"name": "cifar100", "root": "x", "num_classes": 10}, "dataset.num_classes",
+         "unknown knob 'num_classes'; dataset cifar100 has: train_subset, test_subset, root, download"),
+        ({"name": "synthetic", "root": "x"}, "dataset.root",
+         "unknown knob 'root'; dataset synthetic has: train_subset, test_subset, num_classes, train_size, test_size, "
+         "seed"),
+        ({"name": "synthetic", "train_subset": 0}, "dataset.train_subset", "expected a value >= 1, got 0"),
+        ({"name": "synthetic", "num_classes": 1}, "dataset.num_classes", "expected a value >= 2, got 1"),
+        ({"root": "x"}, "dataset.name", "required: one of cifar10, cifar100, image_folder, synthetic"),
     ],
 )
-def test_invalid_specs_are_user_errors(spec, message):
-    with pytest.raises(UserError, match=message):
-        load_dataset(spec)
+def test_invalid_dataset_sections_name_the_key(values, path, message):
+    assert dataset_problems(values) == [(path, message)]
+
+
+def test_dataset_identity_is_unchanged_for_earlier_runs():
+    """Run ids hash the identity: kdsweep 0.1 hashed a flat record with every field, so a CIFAR-100 identity keeps
+    the synthetic-only fields at their old defaults, and neither the mount point nor `download` counts."""
+    old_fields = {"num_classes": 100, "train_size": 50000, "test_size": 10000, "seed": 0, "train_subset": None,
+                  "test_subset": None}
+    assert cifar100_at("/a", download=True).identity() == {"name": "cifar100", **old_fields}
+    assert cifar100_at("/b").identity() == cifar100_at("/a", download=True).identity()
+    assert parse_dataset({"name": "synthetic"}).identity() == {"name": "synthetic", **old_fields}
+    assert parse_dataset({"name": "synthetic", "num_classes": 10}).identity()["num_classes"] == 10
 
 
 # --- synthetic data ------------------------------------------------------------------------------------------------
 
 
 def small_synthetic(seed: int = 0, **sizes) -> DataSpec:
-    return DataSpec("synthetic", **{"num_classes": 10, "train_size": 600, "test_size": 200, "seed": seed, **sizes})
+    return synthetic(**{"num_classes": 10, "train_size": 600, "test_size": 200, "seed": seed, **sizes})
 
 
 def test_synthetic_shapes_and_balance():
@@ -416,7 +412,7 @@ def test_synthetic_classes_survive_the_augmentation():
     g = torch.Generator().manual_seed(0)
 
     def features(images):
-        pixels = apply_views(images, torch.randint(0, NUM_VIEWS, (len(images),), generator=g)).float()
+        pixels = apply_views(images, torch.randint(0, NUM_VIEWS, (len(images),), generator=g), PAD).float()
         pixels = pixels[..., 4:28, 4:28]  # the centre never shows zero padding, whatever the view
         grey = pixels.mean(1) - pixels.mean((1, 2, 3))[:, None, None]
         spectrum = torch.fft.rfft2(grey).abs()[:, :6, :6].flatten(1)

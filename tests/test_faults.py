@@ -33,8 +33,8 @@ def kdsweep(*args, cwd=None):
 def test_disk_full_names_the_path_and_keeps_earlier_results(tmp_path):
     # resnet8 checkpoints are ~0.65 MB (weights + momentum): two fit in 1.6 MB, the third does not.
     with tmpfs(tmp_path / "full", "size=1600k") as out:
-        done = kdsweep("train", "--student", "resnet8", "--dataset", "synthetic", "--train-size", "64",
-                       "--test-size", "32", "--epochs", "4", "--checkpoint-every", "1", "--threads", "1",
+        done = kdsweep("train", "--student", "resnet8", "--dataset", "synthetic", "--data", "train_size=64",
+                       "--data", "test_size=32", "--epochs", "4", "--checkpoint-every", "1", "--threads", "1",
                        "--out", str(out))
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
@@ -155,7 +155,7 @@ def test_killed_during_checkpoint_and_progress_writes_a_run_ends_like_an_uninter
     and the final weights and history are the uninterrupted run's."""
     from test_engine import assert_same_run
 
-    args = ["--student", "resnet8x4", "--dataset", "synthetic", "--train-size", "64", "--test-size", "32",
+    args = ["--student", "resnet8x4", "--dataset", "synthetic", "--data", "train_size=64", "--data", "test_size=32",
             "--batch-size", "32", "--epochs", "5", "--checkpoint-every", "1", "--threads", "1"]
     straight = kdsweep("train", *args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr

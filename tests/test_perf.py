@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdsweep.data import CIFAR100_MEAN, CIFAR100_STD, NUM_VIEWS, ImageData, augment
+from kdsweep.data import CIFAR100_GEOMETRY, ImageData, augment
 from kdsweep.data.synthetic import synthetic_split
 from kdsweep.engine import fastpath
 from kdsweep.engine import teacher_source as source_module
@@ -31,6 +31,8 @@ CPU = torch.device("cpu")
 NEEDS = TeacherNeeds(frozenset({TargetKey(FeatureRef("stage", 3), 8), TargetKey(FeatureRef("stage", 2), 16)}), True)
 GATED_KL = {"taps": "multi", "loss": "kl", "gate": "teacher_correct"}
 
+NUM_VIEWS = CIFAR100_GEOMETRY.num_views  # 162: 32 px with padding 4
+
 
 @pytest.fixture(scope="module")
 def teacher():
@@ -40,7 +42,7 @@ def teacher():
 
 def tiny_data(n: int) -> ImageData:
     images, labels = synthetic_split(0, "train", n, 10)
-    return ImageData(images, labels, images[:0], labels[:0], 10, CIFAR100_MEAN, CIFAR100_STD)
+    return ImageData(images, labels, images[:0], labels[:0], 10, CIFAR100_GEOMETRY)
 
 
 def assert_targets_equal(a, b):
@@ -73,30 +75,30 @@ def test_students_need_what_the_tests_cache(teacher):
 def test_cached_targets_equal_the_teacher_run_on_the_fly(teacher):
     data = tiny_data(3)
     runner = TeacherRunner(teacher, NEEDS, chunk=8, fast=FastPath())
-    cache = TeacherCache.build(runner, data.train_images, data.mean, data.std)
-    assert cache.nbytes == cache_bytes(NEEDS, teacher.feature_info, 10, 3, bf16=False)
+    cache = TeacherCache.build(runner, data.train_images, data.geometry)
+    assert cache.nbytes == cache_bytes(NEEDS, teacher.feature_info, 10, 3, NUM_VIEWS, bf16=False)
     g = torch.Generator().manual_seed(0)
     for size in (8, 8, 3):  # full training batches and a short last one
         indices = torch.randint(0, 3, (size,), generator=g)
         views = torch.randint(0, NUM_VIEWS, (size,), generator=g)
         on_the_fly = source_module.OnTheFlyTeacher(runner).targets(
-            indices, views, augment(data.train_images[indices], views, data.mean, data.std))
+            indices, views, augment(data.train_images[indices], views, data.geometry))
         assert_targets_equal(cache.lookup(indices, views), on_the_fly)
 
 
 def test_cache_size_of_the_study_matches_the_performance_notes():
     teacher = create_model("resnet32x4").feature_info
     last_tap = TeacherNeeds(frozenset({TargetKey(FeatureRef("stage", 3), 2)}))  # 256 x 2 x 2 per view
-    assert cache_bytes(last_tap, teacher, 100, 50000, bf16=True) == 50000 * 162 * 1024 * 2  # 16.6 GB
-    assert cache_bytes(last_tap, teacher, 100, 50000, bf16=False) == 50000 * 162 * 1024 * 4  # 33 GB
+    assert cache_bytes(last_tap, teacher, 100, 50000, NUM_VIEWS, bf16=True) == 50000 * 162 * 1024 * 2  # 16.6 GB
+    assert cache_bytes(last_tap, teacher, 100, 50000, NUM_VIEWS, bf16=False) == 50000 * 162 * 1024 * 4  # 33 GB
     gated = TeacherNeeds(last_tap.features, logits=True)
-    assert cache_bytes(gated, teacher, 100, 1, bf16=False) == 162 * (1024 + 100) * 4
+    assert cache_bytes(gated, teacher, 100, 1, NUM_VIEWS, bf16=False) == 162 * (1024 + 100) * 4
 
 
 def test_teacher_cache_modes_choose_and_refuse(teacher, monkeypatch):
     data = tiny_data(1)
     fast = FastPath()
-    need = cache_bytes(NEEDS, teacher.feature_info, 10, 1, bf16=False)
+    need = cache_bytes(NEEDS, teacher.feature_info, 10, 1, NUM_VIEWS, bf16=False)
 
     def choose(mode, epochs_left=200, needs=NEEDS):
         return open_teacher_source(mode, teacher, needs, data, 54, epochs_left, fast).kind
@@ -138,17 +140,17 @@ def test_bf16_autocast_on_the_cpu_stays_close_to_fp32_and_halves_the_cache(teach
     data = tiny_data(1)
     bf16 = FastPath(bf16=True)
     runner = TeacherRunner(teacher, NEEDS, chunk=54, fast=bf16)
-    cache = TeacherCache.build(runner, data.train_images, data.mean, data.std)
-    assert cache.nbytes == cache_bytes(NEEDS, teacher.feature_info, 10, 1, bf16=True)
+    cache = TeacherCache.build(runner, data.train_images, data.geometry)
+    assert cache.nbytes == cache_bytes(NEEDS, teacher.feature_info, 10, 1, NUM_VIEWS, bf16=True)
     indices, views = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 5, 161, 80])
     targets = cache.lookup(indices, views)
     assert all(t.dtype == torch.float32 for t in targets.features.values())  # losses are taken in fp32
     exact = TeacherRunner(teacher, NEEDS, chunk=8, fast=FastPath())(augment(data.train_images[indices], views,
-                                                                             data.mean, data.std))
+                                                                             data.geometry))
     for key in NEEDS.features:
         torch.testing.assert_close(targets.features[key], exact.features[key], rtol=0.05, atol=0.05)
     unit = student(teacher, **GATED_KL)
-    images = augment(data.train_images[indices], views, data.mean, data.std)
+    images = augment(data.train_images[indices], views, data.geometry)
     labels = torch.tensor([0, 1, 2, 3])
     with bf16.autocast(CPU):
         low, _, _ = student_losses(unit, images, labels, exact, CONTEXT)

@@ -100,6 +100,27 @@ def test_typed_config_checks_types_strictly_and_reports_every_problem():
         ("m.temperature", "expected a value > 0, got 0"), ("m.last_weight", "expected a value <= 1, got 1.5")]
 
 
+def test_typed_recipes_take_integer_lists_of_any_length_and_keep_their_record():
+    """The recipe is a typed config too: milestones are a list of integers >= 1 of any length, and the record run
+    ids hash is the one kdsweep 0.1 hashed (no `optimizer` while it is SGD, milestones always spelt out)."""
+    from kdsweep.engine.recipe import Recipe, TeacherRecipe, section_problems
+
+    assert section_problems(Recipe, {"milestones": [1, 2.5], "epochs": 0, "optimizer": "adam"}, "recipe") == [
+        ("recipe.milestones", "expected a list of integers, got [1, 2.5]"),
+        ("recipe.epochs", "expected a value >= 1, got 0"),
+        ("recipe.optimizer", "expected one of sgd, got 'adam'")]
+    assert section_problems(Recipe, {"milestones": [0, 3]}, "recipe") == [
+        ("recipe.milestones[0]", "expected a value >= 1, got 0")]
+    assert section_problems(TeacherRecipe, {"epochs": 4, "milestones": [3, 2]}, "teacher.train") == [
+        ("teacher.train.milestones", "must be strictly increasing, got [3, 2]")]
+    recipe = typed_config.build(Recipe, {"epochs": 24, "milestones": [10, 20]})
+    assert recipe.milestones == (10, 20) and Recipe.from_record(recipe.as_record()) == recipe
+    assert Recipe(epochs=24).as_record() == {"epochs": 24, "batch_size": 64, "momentum": 0.9, "weight_decay": 5e-4,
+                                             "milestones": [15, 18, 21], "gamma": 0.1, "checkpoint_every": 10}
+    teacher = typed_config.build(TeacherRecipe, {"epochs": 3, "lr": 0.1, "seed": 2})
+    assert teacher.recipe() == Recipe(epochs=3) and (teacher.lr, teacher.seed) == (0.1, 2)
+
+
 def test_a_space_mixing_methods_validates_each_knob_against_its_own_method(tmp_path):
     teacher = save_teacher(tmp_path / "t.pt")
     variants = "{simkd: {title: S, method: {taps: last}}, dkd: {title: D, method: {kind: dkd, taps: multi}}, " \
@@ -153,7 +174,7 @@ def test_kdsweep_train_runs_a_plugin_method_and_records_its_parts(tmp_path, caps
     plugin = tmp_path / "toy.py"
     plugin.write_text(TOY)
     argv = ["train", "--plugin", str(plugin), "--student", "resnet8", "--method", "kind=toy_hint2",
-            "--method", "weight=0.25", "--dataset", "synthetic", "--train-size", "128", "--test-size", "32",
+            "--method", "weight=0.25", "--dataset", "synthetic", "--data", "train_size=128", "--data", "test_size=32",
             "--epochs", "2", "--checkpoint-every", "1", "--out", str(tmp_path / "out"), "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -175,12 +196,37 @@ def test_the_extension_guides_example_method_runs_as_written(tmp_path):
     teacher = save_teacher(tmp_path / "t.pt")
     assert main(["train", "--plugin", str(plugin), "--student", "resnet8", "--teacher", "resnet8",
                  "--teacher-checkpoint", teacher, "--method", "kind=my_kd", "--method", "warmup_epochs=4",
-                 "--dataset", "synthetic", "--train-size", "96", "--test-size", "32",
+                 "--dataset", "synthetic", "--data", "train_size=96", "--data", "test_size=32",
                  "--epochs", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     (progress,) = (tmp_path / "out" / "runs").glob("*/progress.json")
     history = json.loads(progress.read_text())["history"]
     assert [e["ramp"] for e in history] == [0.25, 0.5]
     assert all(e["train_loss_kd"] > 0 and e["train_loss_ce"] > 0 for e in history)
+
+
+def test_extending_guide_dataset_runs(tmp_path, capsys):
+    """docs/extending.md's dataset example, copied out of the page: listed by `kdsweep datasets`, validated in a
+    space (with its knobs checked) and trained by `kdsweep train`."""
+    page = (REPO / "docs" / "extending.md").read_text()
+    plugin = tmp_path / "stripes.py"
+    plugin.write_text(page.split("## A dataset", 1)[1].split("```python\n", 1)[1].split("```", 1)[0])
+    assert main(["datasets", "--plugin", str(plugin)]) == 0
+    assert "stripes: toy stripes, 32 px [32 px, padding 4: 162 views]\n  train_subset" in capsys.readouterr().out
+    space = tmp_path / "space.yaml"
+    space.write_text(space_text(tmp_path / "results", save_teacher(tmp_path / "t.pt"), "{simkd: {title: SimKD}}",
+                                extra=f"plugins: [{plugin}]\n").replace(
+        "dataset: {name: synthetic, num_classes: 10, train_size: 192, test_size: 64, seed: 0}",
+        "dataset: {name: stripes, classes: 6, images: 64}"))
+    assert load_space(space).data.identity() == {"name": "stripes", "classes": 6, "images": 64,
+                                                 "train_subset": None, "test_subset": None}
+    with pytest.raises(SpaceError, match=r"dataset.clases: unknown knob 'clases' \(did you mean 'classes'\?\)"):
+        load_space(space, ["dataset.clases=3"])
+    assert main(["train", "--plugin", str(plugin), "--student", "resnet8", "--dataset", "stripes", "--data",
+                 "classes=6", "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
+    (progress,) = (tmp_path / "out" / "runs").glob("*/progress.json")
+    record = json.loads(progress.read_text())
+    assert record["status"] == "completed" and len(record["history"]) == 1
 
 
 @pytest.mark.slow
@@ -231,5 +277,5 @@ def test_a_teacherless_plugin_needs_no_teacher_file_but_a_missing_plugin_is_one_
     text = space_text(tmp_path, teacher, "{s: {title: S}}", extra=f"plugins: [{tmp_path / 'nope.py'}]\n")
     assert problems_of(tmp_path, text) == [
         ("plugins", f"plug-in {tmp_path / 'nope.py'} does not exist; `plugins` lists Python files that register "
-                    "methods.")]
+                    "methods or datasets.")]
     assert torch.get_default_dtype() == torch.float32

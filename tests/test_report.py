@@ -402,6 +402,25 @@ def test_report_p_values_and_cis_match_scipy():
 # ---------------------------------------------------------------- export
 
 
+def test_the_cells_table_has_a_column_per_measured_metric_titled_by_its_method():
+    """Metrics come by name from the manifest, titles and meanings from the methods (Method.metric_titles); a
+    sweep without SimKD's gate has no Masked column, a plug-in's metric gets one under its own name."""
+    gated = build_report(golden_trials(), pd.DataFrame(), manifest(
+        metrics=["masked_frac"], metric_titles={"masked_frac": ["Masked (gated)", "the gate's dropped share"]}))
+    header = next(line for line in gated.markdown.splitlines() if line.startswith("| Projector type | Loss | lr |"))
+    assert header.endswith("| Best epoch (mean) | Masked (gated) |")
+    assert "Masked (gated) is the gate's dropped share." in gated.markdown
+    assert "| 22.0% |" in gated.markdown  # labels cells: seeds 0.21, 0.22, 0.23
+
+    trials = golden_trials().drop(columns=["masked_frac"]).assign(toy_epoch=0.5)
+    toy = build_report(trials, pd.DataFrame(), manifest(metrics=["toy_epoch"], metric_titles={}))
+    header = next(line for line in toy.markdown.splitlines() if line.startswith("| Projector type | Loss | lr |"))
+    assert header.endswith("| Best epoch (mean) | toy_epoch |") and "Masked" not in toy.markdown
+    assert list(toy.cells.columns)[-2:] == ["best_epoch_mean", "toy_epoch"] and (toy.cells.toy_epoch == 0.5).all()
+    none = build_report(golden_trials().drop(columns=["masked_frac"]), pd.DataFrame(), manifest(metrics=[]))
+    assert list(none.cells.columns)[-1] == "best_epoch_mean"
+
+
 def test_csv_and_json_export_the_cell_table():
     cells = build_report(golden_trials(), pd.DataFrame(), manifest()).cells
     assert len(cells) == 24

@@ -53,7 +53,7 @@ def test_smoke_space_covers_every_variant_and_both_losses_with_two_seeds():
     cells = {(r.labels["variant"], r.method.loss) for r in space.runs}
     assert cells == {(v, loss) for v in ("simkd", "multi", "all_layers", "labels") for loss in ("l2", "kl")}
     assert {r.seed for r in space.runs} == {0, 1}
-    assert space.file.dataset.name == "synthetic" and space.runs[0].recipe.epochs <= 2
+    assert space.data.name == "synthetic" and space.runs[0].recipe.epochs <= 2
 
 
 def test_ids_are_stable_and_adding_seeds_keeps_existing_ids():
@@ -73,9 +73,9 @@ def test_overrides_on_the_command_line_are_validated_like_the_file():
         load_space(SPACES / "full_grid.yaml", ["recipe.epochs=zero", "axes.seed=[0.5]", "recipe.nope=1"])
     text = str(err.value)
     assert "(3 problems)" in text
-    assert "recipe.epochs: Input should be a valid integer; got 'zero'" in text
+    assert "recipe.epochs: expected an integer, got 'zero'" in text
     assert "axes.seed[0]: Input should be a valid integer; got 0.5" in text
-    assert "recipe.nope: unknown key; allowed here: epochs, batch_size" in text
+    assert "recipe.nope: unknown key 'nope'; recipe has: epochs, batch_size, optimizer" in text
     with pytest.raises(SpaceError, match="--set bad: expected KEY.PATH=VALUE, e.g. --set recipe.epochs=2"):
         load_space(SPACES / "full_grid.yaml", ["bad"])
 
@@ -118,7 +118,7 @@ def test_every_problem_of_a_file_is_reported_with_its_key_path(tmp_path):
     assert f"search space {tmp_path / 'space.yaml'} is invalid (4 problems)" in text
     assert "axes.lr[0]: Input should be greater than 0; got -0.01" in text
     assert "axes.lr[1]: Input should be a valid number; got '0.05'" in text
-    assert "recipe.epoch: unknown key (did you mean 'epochs'?); allowed here: epochs, batch_size" in text
+    assert "recipe.epoch: unknown key 'epoch' (did you mean 'epochs'?); recipe has: epochs, batch_size" in text
     assert "student.arch: unknown model 'resnet32x8' (did you mean 'resnet32x4'?); known:" in text
 
 

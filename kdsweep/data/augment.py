@@ -1,11 +1,12 @@
 """The reference augmentation as exact tensor ops on any device.
 
 The reference pipeline is torchvision's
-    Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])
-RandomCrop with zero padding 4 picks the crop's top/left offset (dy, dx) in 0..8 of the 40x40 padded image and the
-flip is a coin toss, so every augmented image is one of exactly 9 * 9 * 2 = 162 discrete "views" of its source:
+    Compose([RandomCrop(S, padding=p), RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])
+RandomCrop with zero padding p picks the crop's top/left offset (dy, dx) in 0..2p of the (S + 2p)^2 padded image and
+the flip is a coin toss, so every augmented image is one of exactly (2p + 1)^2 * 2 discrete "views" of its source
+(CIFAR, S = 32 and p = 4: 9 * 9 * 2 = 162):
 
-    view = flip * 81 + dy * 9 + dx        (dy, dx in 0..8, flip in {0, 1})
+    view = flip * (2p + 1)^2 + dy * (2p + 1) + dx        (dy, dx in 0..2p, flip in {0, 1})
 
 Because views are discrete, a teacher's outputs can be cached per (image, view) and reused exactly.
 """
@@ -17,43 +18,43 @@ from collections.abc import Sequence
 
 import torch
 
-SIZE = 32  # CIFAR image side (px)
-PAD = 4  # RandomCrop(32, padding=4): zero border on each side (px)
-PADDED = SIZE + 2 * PAD  # 40 px
-OFFSETS = 2 * PAD + 1  # 9 possible crop offsets per axis
-NUM_VIEWS = 2 * OFFSETS * OFFSETS  # 162
+from kdsweep.data.geometry import Geometry
 
 
-def encode_views(dy, dx, flip):
-    """(dy, dx, flip) -> view id; works on ints and integer tensors alike."""
-    return flip * (OFFSETS * OFFSETS) + dy * OFFSETS + dx
+def encode_views(dy, dx, flip, padding: int):
+    """(dy, dx, flip) -> view id for crop padding `padding`; works on ints and integer tensors alike."""
+    offsets = 2 * padding + 1
+    return flip * (offsets * offsets) + dy * offsets + dx
 
 
-def decode_views(views):
+def decode_views(views, padding: int):
     """view id -> (dy, dx, flip); the inverse of `encode_views`."""
-    flip, cell = views // (OFFSETS * OFFSETS), views % (OFFSETS * OFFSETS)
-    return cell // OFFSETS, cell % OFFSETS, flip
+    offsets = 2 * padding + 1
+    flip, cell = views // (offsets * offsets), views % (offsets * offsets)
+    return cell // offsets, cell % offsets, flip
 
 
-def apply_views(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-    """Crop + flip a batch: uint8 (B, C, 32, 32) and int (B,) views -> uint8 (B, C, 32, 32), on their device.
+def apply_views(images: torch.Tensor, views: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop + flip a batch: uint8 (B, C, S, S) and int (B,) views -> uint8 (B, C, S, S), on their device.
 
-    out[b, c, y, x] = padded[b, c, dy + y, dx + (31 - x if flip else x)], with `padded` the image inside a 4 px zero
-    border: RandomCrop's crop followed by RandomHorizontalFlip's mirror of that crop. One gather, no per-image loop.
+    out[b, c, y, x] = padded[b, c, dy + y, dx + (S - 1 - x if flip else x)], with `padded` the image inside a
+    `padding` px zero border: RandomCrop's crop followed by RandomHorizontalFlip's mirror of that crop. One gather,
+    no per-image loop.
     """
-    if images.dim() != 4 or images.shape[-2:] != (SIZE, SIZE):
-        raise ValueError(f"apply_views expects (B, C, {SIZE}, {SIZE}) images, got {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"apply_views expects square (B, C, S, S) images, got {tuple(images.shape)}")
     if views.shape != images.shape[:1]:
         raise ValueError(f"apply_views needs one view per image: {tuple(views.shape)} for {images.shape[0]} images")
-    batch, channels = images.shape[:2]
-    dy, dx, flip = decode_views(views.to(device=images.device, dtype=torch.long))
-    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))  # zero fill, (B, C, 40, 40)
-    pixel = torch.arange(SIZE, device=images.device)
-    rows = dy[:, None] + pixel  # (B, 32) source row in the padded image
-    cols = dx[:, None] + torch.where(flip[:, None].bool(), SIZE - 1 - pixel, pixel)  # (B, 32) source column
-    index = (rows[:, :, None] * PADDED + cols[:, None, :]).view(batch, 1, SIZE * SIZE)
-    out = padded.flatten(2).gather(2, index.expand(batch, channels, SIZE * SIZE))
-    return out.view(batch, channels, SIZE, SIZE)
+    batch, channels, size = images.shape[:3]
+    padded_size = size + 2 * padding
+    dy, dx, flip = decode_views(views.to(device=images.device, dtype=torch.long), padding)
+    padded = torch.nn.functional.pad(images, (padding,) * 4)  # zero fill, (B, C, S + 2p, S + 2p)
+    pixel = torch.arange(size, device=images.device)
+    rows = dy[:, None] + pixel  # (B, S) source row in the padded image
+    cols = dx[:, None] + torch.where(flip[:, None].bool(), size - 1 - pixel, pixel)  # (B, S) source column
+    index = (rows[:, :, None] * padded_size + cols[:, None, :]).view(batch, 1, size * size)
+    out = padded.flatten(2).gather(2, index.expand(batch, channels, size * size))
+    return out.view(batch, channels, size, size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,11 +82,11 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return table[channel, images.long()]
 
 
-def augment(images: torch.Tensor, views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def augment(images: torch.Tensor, views: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Training input: the reference augmentation of `images` at `views`, normalised (float32)."""
-    return normalise(apply_views(images, views), mean, std)
+    return normalise(apply_views(images, views, geometry.padding), geometry.mean, geometry.std)
 
 
-def prepare_test(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def prepare_test(images: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Test input: normalisation only, as the reference's test transform."""
-    return normalise(images, mean, std)
+    return normalise(images, geometry.mean, geometry.std)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kdsweep.data.augment import NUM_VIEWS
-
 
 def seeded_generator(*key: object) -> torch.Generator:
     """A CPU generator seeded from a well-mixed hash of `key`.
@@ -60,15 +58,15 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def epoch_plan(seed: int, epoch: int, num_images: int) -> EpochPlan:
-    """The shuffle order and augmentation views of one epoch; a pure function of (seed, epoch, num_images).
+def epoch_plan(seed: int, epoch: int, num_images: int, num_views: int) -> EpochPlan:
+    """The shuffle order and augmentation views of one epoch; a pure function of its arguments.
 
-    Views are uniform on 0..161, which is exactly torchvision's draw: crop offsets dy, dx uniform on 0..8 and the
-    flip Bernoulli(0.5), all independent.
+    Views are uniform on 0..num_views - 1 (`Geometry.num_views`), which is exactly torchvision's draw: crop offsets
+    dy, dx uniform on 0..2p and the flip Bernoulli(0.5), all independent (0..161 for CIFAR's padding 4).
     """
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
     generator = seeded_generator("kdsweep.epoch_plan", int(seed), int(epoch))
     order = torch.randperm(num_images, generator=generator)
-    views = torch.randint(0, NUM_VIEWS, (num_images,), generator=generator)
+    views = torch.randint(0, num_views, (num_images,), generator=generator)
     return EpochPlan(order, views)

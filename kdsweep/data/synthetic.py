@@ -14,10 +14,15 @@ block of `num_classes` consecutive images holds every class once (balanced label
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from kdsweep.data.base import Dataset, Sizes, Splits, Subsets
+from kdsweep.data.geometry import CIFAR100_GEOMETRY, Geometry
+from kdsweep.data.registry import register_dataset
 from kdsweep.data.stream import seeded_generator
+from kdsweep.typed_config import knob
 
 SIZE = 32  # px
 CLASS_WAVES = 3  # plane waves that carry a class's texture
@@ -126,3 +131,32 @@ def make_synthetic(seed: int, num_classes: int, train_size: int, test_size: int)
     train = synthetic_split(seed, "train", train_size, num_classes)
     test = synthetic_split(seed, "test", test_size, num_classes)
     return (*train, *test)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(Subsets):
+    num_classes: int = knob(100, ge=2, doc="classes")
+    train_size: int = knob(50000, ge=1, doc="training images")
+    test_size: int = knob(10000, ge=1, doc="test images")
+    seed: int = knob(0, doc="the images are a pure function of (seed, sizes, classes)")
+
+
+@register_dataset("synthetic")
+class Synthetic(Dataset):
+    Config = SyntheticConfig
+    summary = "generated 32 px textures, learnable, no files (smoke runs and tests; CIFAR-100's normalisation)"
+
+    @classmethod
+    def geometry(cls, config) -> Geometry:
+        return CIFAR100_GEOMETRY  # the images are CIFAR-sized; CIFAR-100's statistics are close enough to normalise
+
+    @classmethod
+    def sizes(cls, config) -> Sizes:
+        return Sizes(config.num_classes, config.train_size, config.test_size)
+
+    @classmethod
+    def load(cls, config) -> Splits:
+        train_images, train_labels, test_images, test_labels = make_synthetic(
+            config.seed, config.num_classes, config.train_size, config.test_size)
+        names = tuple(f"class_{i:03d}" for i in range(config.num_classes))
+        return Splits(train_images, train_labels, test_images, test_labels, names)

@@ -84,9 +84,11 @@ def set_up_group(spec: GroupSpec, expected_epochs: dict[str, int]) -> Group:
     data = load_dataset(spec.data).to(device)
     teacher = None
     if spec.teacher is not None:
-        teacher, teacher_sha = load_teacher(spec.teacher.arch, spec.teacher.checkpoint, data.num_classes, device)
+        teacher, teacher_sha = load_teacher(spec.teacher.arch, spec.teacher.checkpoint, data.num_classes, device,
+                                            data.geometry.image_size)
         teacher = fast.layout(teacher)
-    trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store, fast) for r in spec.runs]
+    trainers = [StudentTrainer(r, spec.group_id, teacher, data.num_classes, device, store, fast,
+                               data.geometry.image_size) for r in spec.runs]
     for t in trainers:
         t.resume()
         expected = expected_epochs.get(t.run.run_id, 0)
@@ -105,7 +107,7 @@ def set_up_group(spec: GroupSpec, expected_epochs: dict[str, int]) -> Group:
     needs = TeacherNeeds()
     for t in group.active:
         needs = needs | t.unit.method.teacher_needs()
-    group.test_inputs = fast.layout(prepare_test(data.test_images, data.mean, data.std))
+    group.test_inputs = fast.layout(prepare_test(data.test_images, data.geometry))
     if teacher is not None:
         teacher_acc = measure_teacher_accuracy(teacher, teacher_sha, group.test_inputs, data.test_labels, store,
                                                spec.teacher.expected_accuracy)
@@ -133,7 +135,7 @@ def train_epochs(group: Group, on_epoch: Callable[[EpochReport], None] | None) -
         for t in training:
             t.begin_epoch(epoch)
         steppers = student_steppers(training, fast)
-        plan = epoch_plan(spec.seed, epoch, n_train).to(device)
+        plan = epoch_plan(spec.seed, epoch, n_train, data.geometry.num_views).to(device)
         images_seen = 0
         batches = list(plan.batches(recipe.batch_size))
         for step, (indices, views) in enumerate(batches):
@@ -162,7 +164,7 @@ def train_batch(data: ImageData, indices: torch.Tensor, views: torch.Tensor, sou
                 fast: FastPath, context: StepContext) -> int:
     """One step of every student on the batch (indices, views): augment once, teacher targets once. Returns the
     batch size."""
-    images = fast.layout(augment(data.train_images[indices], views, data.mean, data.std))
+    images = fast.layout(augment(data.train_images[indices], views, data.geometry))
     labels = data.train_labels[indices]
     targets = source.targets(indices, views, images)
     for stepper in steppers:

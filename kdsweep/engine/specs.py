@@ -73,7 +73,7 @@ class GroupSpec:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("runs", "data", "teacher")}
-        d["data"] = asdict(self.data)
+        d["data"] = self.data.as_record()
         d["teacher"] = asdict(self.teacher) if self.teacher else None
         d["runs"] = [r.to_dict() for r in self.runs]
         return d
@@ -81,9 +81,9 @@ class GroupSpec:
     @classmethod
     def from_dict(cls, d: dict) -> GroupSpec:
         values = dict(d)
-        values["data"] = DataSpec(**d["data"])
-        values["teacher"] = TeacherSpec(**d["teacher"]) if d.get("teacher") else None
         values["plugins"] = tuple(d.get("plugins", ()))
-        load_plugins(values["plugins"])  # a run's method may be a plug-in's
+        load_plugins(values["plugins"])  # a run's method or the dataset may be a plug-in's
+        values["data"] = DataSpec.from_record(d["data"])
+        values["teacher"] = TeacherSpec(**d["teacher"]) if d.get("teacher") else None
         values["runs"] = tuple(RunSpec.from_dict(r) for r in d["runs"])
         return cls(**values)

@@ -86,11 +86,11 @@ class EpochTotals:
 
 class StudentTrainer:
     def __init__(self, run: RunSpec, group_id: str, teacher: FeatureModel | None, num_classes: int,
-                 device: torch.device, store: Store, fast: FastPath = FastPath()):
+                 device: torch.device, store: Store, fast: FastPath = FastPath(), image_size: int = 32):
         self.run, self.group_id, self.store, self.device, self.fast = run, group_id, store, device, fast
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
-            model = create_model(run.student_arch, num_classes=num_classes)
+            model = create_model(run.student_arch, num_classes=num_classes, image_size=image_size)
             method = build_method(run.method, model, teacher)
         self.unit = fast.layout(StudentUnit(model, method).to(device))
         self.teacher_classifier = teacher.classifier_layer if teacher is not None else None

@@ -55,11 +55,12 @@ def state_dict_from_checkpoint(data: bytes, location: str) -> dict[str, torch.Te
     return sd
 
 
-def load_teacher(arch: str, location: str, num_classes: int, device: torch.device) -> tuple[FeatureModel, str]:
-    """The frozen teacher (eval mode, no gradients) and the checkpoint's sha256."""
+def load_teacher(arch: str, location: str, num_classes: int, device: torch.device,
+                 image_size: int = 32) -> tuple[FeatureModel, str]:
+    """The frozen teacher (eval mode, no gradients) for `image_size` px inputs, and the checkpoint's sha256."""
     data = read_checkpoint_bytes(location)
     sd = state_dict_from_checkpoint(data, location)
-    model = create_model(arch, num_classes=num_classes)
+    model = create_model(arch, num_classes=num_classes, image_size=image_size)
     mismatch = describe_mismatch(model.state_dict(), sd)
     if mismatch:
         raise UserError(

@@ -6,8 +6,8 @@ and augmentation views (what the cache looks up) and the augmented, normalised i
 `teacher_cache` (the space's `execution.teacher_cache`):
   off   always the shared teacher, one forward per batch for the K students.
   on    always the cache; an error naming the sizes when it does not fit in the device's free memory.
-  auto  the cache when it pays off - more than 162 epochs to go (building it costs 162 teacher forwards per
-        image, as many as 162 epochs on the fly) - and fits in CACHE_MEMORY_FRACTION of the memory budget (the
+  auto  the cache when it pays off - more epochs to go than views per image (162 for CIFAR: building it costs
+        that many teacher forwards per image, as many as 162 epochs on the fly) - and fits in CACHE_MEMORY_FRACTION of the memory budget (the
         free memory; on CUDA at most the trial's `gpu_share` of the card, so that trials packed on one GPU leave
         each other room); else the shared teacher.
 """
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from kdsweep.data import ImageData
-from kdsweep.data.augment import NUM_VIEWS
 from kdsweep.engine.fastpath import FastPath
 from kdsweep.engine.memory import available_bytes, budget_bytes, gib
 from kdsweep.engine.teacher_cache import TeacherCache, cache_bytes
@@ -66,21 +65,21 @@ def open_teacher_source(mode: str, teacher: FeatureModel | None, needs: TeacherN
     if mode == "off" or not needs.any:
         return shared
     device = data.train_images.device
-    n = data.train_images.shape[0]
-    need = cache_bytes(needs, teacher.feature_info, data.num_classes, n, fast.bf16)
+    n, views = data.train_images.shape[0], data.geometry.num_views
+    need = cache_bytes(needs, teacher.feature_info, data.num_classes, n, views, fast.bf16)
     free = available_bytes(device)
     if mode == "on" and need > free:
         raise UserError(
-            f"teacher_cache: on needs {gib(need)} for {n} images x {NUM_VIEWS} views of this group's teacher "
+            f"teacher_cache: on needs {gib(need)} for {n} images x {views} views of this group's teacher "
             f"targets, but {device.type} has only {gib(free)} free. Use teacher_cache: auto (falls back to the "
             f"shared teacher), fewer distinct taps per group, or bf16 (precision: bf16 halves the cache)."
         )
     if mode == "auto":
-        if epochs_left <= NUM_VIEWS or need > CACHE_MEMORY_FRACTION * budget_bytes(device, free, gpu_share):
+        if epochs_left <= views or need > CACHE_MEMORY_FRACTION * budget_bytes(device, free, gpu_share):
             return shared
     # On the CPU the cache is built in chunks of the training batch size, exactly as the shared teacher runs,
     # which is what makes cached and uncached runs bitwise equal there (teacher_runner.py).
     chunk = max(batch_size, CUDA_CACHE_CHUNK) if device.type == "cuda" else batch_size
     with torch.no_grad():
-        cache = TeacherCache.build(TeacherRunner(teacher, needs, chunk, fast), data.train_images, data.mean, data.std)
+        cache = TeacherCache.build(TeacherRunner(teacher, needs, chunk, fast), data.train_images, data.geometry)
     return CachedTeacher(cache)

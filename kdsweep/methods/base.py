@@ -53,6 +53,10 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     # Report names of the labels `loss_label` returns (results.md's "Loss" column).
     loss_display: ClassVar[dict[str, str]] = {}
+    # Column titles of the metrics `losses` returns in results.md's cells table, and what each one means (a
+    # sentence under the table); a metric without a title is shown by its name. Names ending in _frac are
+    # fractions, shown as percentages.
+    metric_titles: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, config, student: FeatureModel, teacher: FeatureModel | None):
         super().__init__()

@@ -75,6 +75,8 @@ class SimKD(Method):
     Config = SimKDConfig
     summary = "SimKD (CVPR 2022): projected student features + the reused teacher classifier, with the seed ablations"
     loss_display = {"l2": "L2 loss", "kl": "KL divergence", "kl_raw": "KL divergence (raw features)"}
+    metric_titles = {"masked_frac": ("Masked (gated)", "the mean fraction of samples the teacher-correct gate "
+                                                       "removed (gated variants only)")}
 
     def __init__(self, config: SimKDConfig, student: FeatureModel, teacher: FeatureModel):
         super().__init__(config, student, teacher)

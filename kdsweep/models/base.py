@@ -22,9 +22,10 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """Shapes of a model's intermediate maps for a 32x32 input, known at construction time.
+    """Shapes of a model's intermediate maps for its input size, known at construction time.
 
-    A reduction r means the map is (32 // r) x (32 // r): resnet32x4's layer3 has reduction 4 (8x8).
+    A reduction r means the map is (input_size // r) x (input_size // r): resnet32x4's layer3 has reduction 4
+    (8x8 for a 32x32 input).
     """
 
     stage_channels: tuple[int, ...]
@@ -32,12 +33,13 @@ class FeatureInfo:
     block_channels: tuple[int, ...]
     block_reductions: tuple[int, ...]
     pooled_dim: int  # input width of the classifier
+    input_size: int = 32  # px, the square input the model was built for (the dataset's image_size)
 
-    def stage_size(self, index: int, input_size: int = 32) -> int:
-        return input_size // self.stage_reductions[index]
+    def stage_size(self, index: int) -> int:
+        return self.input_size // self.stage_reductions[index]
 
-    def block_size(self, index: int, input_size: int = 32) -> int:
-        return input_size // self.block_reductions[index]
+    def block_size(self, index: int) -> int:
+        return self.input_size // self.block_reductions[index]
 
 
 @dataclass

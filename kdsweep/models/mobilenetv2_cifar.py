@@ -63,7 +63,7 @@ class InvertedResidual(nn.Module):
 
 
 class CifarMobileNetV2(FeatureModel):
-    def __init__(self, expansion: int, width: float, num_classes: int = 100):
+    def __init__(self, expansion: int, width: float, num_classes: int = 100, image_size: int = 32):
         super().__init__()
         in_channels = int(32 * width)
         self.conv1 = nn.Sequential(*conv_bn(3, in_channels, 3, stride=2))
@@ -92,8 +92,8 @@ class CifarMobileNetV2(FeatureModel):
         head_channels = int(1280 * width) if width > 1.0 else 1280
         self.conv2 = nn.Sequential(*conv_bn(in_channels, head_channels, 1))
         self.classifier = nn.Sequential(nn.Linear(head_channels, num_classes))
-        # Kernel 2 is the reference's input_size // 16 for 32x32 inputs: it pools the 2x2 conv2 map to 1x1.
-        self.avgpool = nn.AvgPool2d(2, ceil_mode=True)
+        # The reference's kernel input_size // 16 (2 for 32x32 inputs): it pools the conv2 map (reduction 16) to 1x1.
+        self.avgpool = nn.AvgPool2d(image_size // 16, ceil_mode=True)
 
         init_repdistiller(self)
 
@@ -104,6 +104,7 @@ class CifarMobileNetV2(FeatureModel):
             block_channels=tuple(block_channels),
             block_reductions=tuple(block_reductions),
             pooled_dim=head_channels,
+            input_size=image_size,
         )
 
     @property
@@ -125,12 +126,12 @@ class CifarMobileNetV2(FeatureModel):
 
 
 @register_model("MobileNetV2")
-def mobilenetv2(num_classes: int = 100) -> CifarMobileNetV2:
+def mobilenetv2(num_classes: int = 100, image_size: int = 32) -> CifarMobileNetV2:
     """CRD's 'MobileNetV2' (reference `mobile_half`): T = 6, width 0.5."""
-    return CifarMobileNetV2(6, 0.5, num_classes)
+    return CifarMobileNetV2(6, 0.5, num_classes, image_size)
 
 
 @register_model("MobileNetV2_1_0")
-def mobilenetv2_1_0(num_classes: int = 100) -> CifarMobileNetV2:
+def mobilenetv2_1_0(num_classes: int = 100, image_size: int = 32) -> CifarMobileNetV2:
     """SimKD's 'MobileNetV2x2' (reference `mobile_half_double`): T = 6, width 1.0."""
-    return CifarMobileNetV2(6, 1.0, num_classes)
+    return CifarMobileNetV2(6, 1.0, num_classes, image_size)

@@ -52,7 +52,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(FeatureModel):
-    def __init__(self, depth: int, filters: tuple[int, int, int, int], num_classes: int = 100):
+    def __init__(self, depth: int, filters: tuple[int, int, int, int], num_classes: int = 100, image_size: int = 32):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"BasicBlock ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
@@ -83,6 +83,7 @@ class CifarResNet(FeatureModel):
             block_channels=(f1,) * n + (f2,) * n + (f3,) * n,
             block_reductions=(1,) * n + (2,) * n + (4,) * n,
             pooled_dim=f3,
+            input_size=image_size,
         )
 
     @staticmethod
@@ -135,8 +136,8 @@ _CONFIGS: dict[str, tuple[int, tuple[int, int, int, int]]] = {
 
 
 def _register(name: str, depth: int, filters: tuple[int, int, int, int]) -> None:
-    def build(num_classes: int = 100) -> CifarResNet:
-        return CifarResNet(depth, filters, num_classes)
+    def build(num_classes: int = 100, image_size: int = 32) -> CifarResNet:
+        return CifarResNet(depth, filters, num_classes, image_size)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"CIFAR ResNet, depth {depth}, filters {list(filters)}."

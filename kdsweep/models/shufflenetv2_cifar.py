@@ -90,7 +90,8 @@ class DownBlock(nn.Module):
 
 
 class CifarShuffleNetV2(FeatureModel):
-    def __init__(self, widths: tuple[int, int, int], repeats: tuple[int, int, int], num_classes: int = 100):
+    def __init__(self, widths: tuple[int, int, int], repeats: tuple[int, int, int], num_classes: int = 100,
+                 image_size: int = 32):
         super().__init__()
         self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
@@ -110,7 +111,9 @@ class CifarShuffleNetV2(FeatureModel):
             block_channels=tuple(w for w, n in zip(widths, repeats) for _ in range(n + 1)),
             block_reductions=tuple(r for r, n in zip((2, 4, 8), repeats) for _ in range(n + 1)),
             pooled_dim=HEAD_CHANNELS,
+            input_size=image_size,
         )
+        self.pool_size = image_size // 8  # layer3's map (reduction 8): the reference's fixed 4 for 32x32 inputs
 
     @property
     def classifier_layer(self) -> nn.Linear:
@@ -126,14 +129,13 @@ class CifarShuffleNetV2(FeatureModel):
         if not want_head:
             return Intermediates(stages, block_maps, None, None)
         x = F.relu(self.bn2(self.conv2(x)))
-        # Fixed 4x4 window as in the reference: global for 32x32 inputs (layer3 is 4x4).
-        pooled = torch.flatten(F.avg_pool2d(x, 4), 1)
+        pooled = torch.flatten(F.avg_pool2d(x, self.pool_size), 1)  # global: the reference's 4x4 for 32x32 inputs
         return Intermediates(stages, block_maps, pooled, self.linear(pooled))
 
 
 def _register(name: str, widths: tuple[int, int, int], repeats: tuple[int, int, int]) -> None:
-    def build(num_classes: int = 100) -> CifarShuffleNetV2:
-        return CifarShuffleNetV2(widths, repeats, num_classes)
+    def build(num_classes: int = 100, image_size: int = 32) -> CifarShuffleNetV2:
+        return CifarShuffleNetV2(widths, repeats, num_classes, image_size)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"CIFAR ShuffleNetV2, stage widths {list(widths)}, BasicBlocks {list(repeats)}."

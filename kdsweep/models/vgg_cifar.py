@@ -5,7 +5,7 @@ Five blocks of conv units (conv3x3 with bias, BN, ReLU), max-pools between them,
     block0  -> f0   64 x 32 x 32   pool0
     block1  -> f1  128 x 16 x 16   pool1
     block2  -> f2  256 x  8 x  8   pool2
-    block3  -> f3  512 x  4 x  4   (pool3 only for 64x64 inputs: the reference's `h == 64` rule)
+    block3  -> f3  512 x  4 x  4   (pool3 only for inputs of 64 px and more: the reference's `h == 64`)
     block4  -> f4  512 x  4 x  4   pool4 = global average pool, classifier
 
 so for CIFAR the last two blocks both run at 4x4. vgg8 has one unit per block, vgg13 two.
@@ -34,7 +34,7 @@ _UNIT = 3  # modules per conv unit: conv, BN, ReLU
 
 
 class CifarVGG(FeatureModel):
-    def __init__(self, widths: list[list[int]], num_classes: int = 100):
+    def __init__(self, widths: list[list[int]], num_classes: int = 100, image_size: int = 32):
         super().__init__()
         in_channels = 3
         for i, block_widths in enumerate(widths):
@@ -53,14 +53,17 @@ class CifarVGG(FeatureModel):
 
         init_repdistiller(self)
 
-        # 32x32 input: blocks 0..3 run at 32, 16, 8, 4; block4 stays at 4 because pool3 is skipped.
-        reductions = (1, 2, 4, 8, 8)
+        # 32x32 input: blocks 0..3 run at 32, 16, 8, 4; block4 stays at 4 because pool3 is skipped. The reference
+        # pools after block3 for 64x64 inputs only (`h == 64`); kdsweep does so from 64 px up.
+        self.uses_pool3 = image_size >= 64
+        reductions = (1, 2, 4, 8, 16 if self.uses_pool3 else 8)
         self.feature_info = FeatureInfo(
             stage_channels=tuple(b[-1] for b in widths),
             stage_reductions=reductions,
             block_channels=tuple(w for b in widths for w in b),
             block_reductions=tuple(r for b, r in zip(widths, reductions) for _ in b),
             pooled_dim=widths[-1][-1],
+            input_size=image_size,
         )
 
     @property
@@ -68,11 +71,10 @@ class CifarVGG(FeatureModel):
         return self.classifier
 
     def _forward(self, x: torch.Tensor, *, want_blocks: bool, want_head: bool) -> Intermediates:
-        input_size = x.shape[2]
         stages: list[torch.Tensor] = []
         block_maps: list[torch.Tensor] | None = [] if want_blocks else None
         conv_blocks = (self.block0, self.block1, self.block2, self.block3, self.block4)
-        pools_after = (self.pool0, self.pool1, self.pool2, self.pool3 if input_size == 64 else None, None)
+        pools_after = (self.pool0, self.pool1, self.pool2, self.pool3 if self.uses_pool3 else None, None)
         for block, pool in zip(conv_blocks, pools_after):
             units = (block[j:j + _UNIT] for j in range(0, len(block), _UNIT))  # conv, BN, ReLU
             x = run_blocks(x, units, block_maps)
@@ -86,8 +88,8 @@ class CifarVGG(FeatureModel):
 
 
 def _register(name: str, widths: list[list[int]]) -> None:
-    def build(num_classes: int = 100) -> CifarVGG:
-        return CifarVGG(widths, num_classes)
+    def build(num_classes: int = 100, image_size: int = 32) -> CifarVGG:
+        return CifarVGG(widths, num_classes, image_size)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"CIFAR VGG with BN, conv widths {widths} (reference `{name}_bn`)."

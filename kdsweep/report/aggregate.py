@@ -36,7 +36,8 @@ def prepare_trials(trials: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     for col in ("student_id", "cell_id", "variant", "loss"):
         t[col] = t[col].astype(str)
     t["status"] = t["status"].astype(str).str.strip().str.lower()
-    for col in ("lr", "best_acc", "last_acc", "masked_frac", "best_epoch", "epochs", "epochs_done", "teacher_acc"):
+    for col in ("lr", "best_acc", "last_acc", "best_epoch", "epochs", "epochs_done", "teacher_acc",
+                *metric_columns(trials, settings)):
         if col in t.columns:
             t[col] = pd.to_numeric(t[col], errors="coerce").astype("float64")
         else:
@@ -53,6 +54,13 @@ def prepare_trials(trials: pd.DataFrame, settings: Settings) -> pd.DataFrame:
             t[col] = fallback
         t[col] = t[col].where(t[col].notna(), fallback or "?").astype(str)
     return t
+
+
+def metric_columns(trials: pd.DataFrame, settings: Settings) -> list[str]:
+    """The trials columns of the methods' metrics (mean over epochs), by the names the methods gave them; read off
+    the columns for tables without a manifest (kdsweep 0.1's only metric was the gate's masked_frac)."""
+    names = settings.metrics or ("masked_frac",)
+    return [c for c in names if c in trials.columns]
 
 
 def acc_column(select: str) -> str:
@@ -99,6 +107,7 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
     check_select(select)
     outcome = run_outcome(trials, select)
     use = counted(trials, select)
+    metrics = metric_columns(trials, settings)
     rows = []
     for cell_id in order_cells(trials, settings):
         in_cell = trials["cell_id"] == cell_id
@@ -129,13 +138,14 @@ def cell_table(trials: pd.DataFrame, settings: Settings, select: str = "best") -
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
         chosen = cell[use[in_cell]]
         row["best_epoch_mean"] = stats.mean(stats.finite(chosen["best_epoch"]))
-        row["masked_frac"] = stats.mean(stats.finite(chosen["masked_frac"]))
+        for name in metrics:
+            row[name] = stats.mean(stats.finite(chosen[name]))
         row["status"] = status_text(row)
         rows.append(row)
     columns = [
         "variant", "title", "loss", "lr", "cell_id", "teacher", "student", "n", "n_planned", "outside",
         *STATUS_COUNTS, "status", "best_mean", "best_std", "best_ci_low", "best_ci_high", "last_mean", "last_std", "last_ci_low",
-        "last_ci_high", "best_epoch_mean", "masked_frac",
+        "last_ci_high", "best_epoch_mean", *metrics,
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 

@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from kdsweep.report import stats
-from kdsweep.report.aggregate import INCOMPLETE, REQUIRED_COLUMNS, STATUS_COUNTS, cell_values, run_outcome
+from kdsweep.report.aggregate import (
+    INCOMPLETE,
+    REQUIRED_COLUMNS,
+    STATUS_COUNTS,
+    cell_values,
+    metric_columns,
+    run_outcome,
+)
 from kdsweep.report.settings import Settings
 from kdsweep.report.tables import (
     cells_markdown,
@@ -21,13 +28,14 @@ from kdsweep.report.tables import (
     fmt_num,
     headline_acc,
     markdown_table,
+    metric_names,
 )
 
 # trials.parquet columns that describe a run's outcome or bookkeeping; every other column is a method knob, except
 # what the methods measured (`measured_columns`).
 NOT_KNOBS = {
     *REQUIRED_COLUMNS, "title", "teacher", "student", "epochs", "epochs_done", "best_epoch", "teacher_acc",
-    "masked_frac", "diverged_epoch", "wall_s", "group_id", "error", "in_space",
+    "diverged_epoch", "wall_s", "group_id", "error", "in_space",
 }  # fmt: skip
 ERROR_CHARS = 160  # an error's first line is cut to this in results.md
 PLOTS = {
@@ -185,8 +193,13 @@ def _knob(value: Any) -> str | None:
 def measured_columns(trials: pd.DataFrame, settings: Settings) -> list[str]:
     """The trials columns holding what the runs' methods measured: loss parts, then metrics."""
     parts = list(settings.loss_parts) or [c for c in trials.columns if str(c).startswith("train_loss_")]
-    metrics = list(settings.metrics) or (["masked_frac"] if "masked_frac" in trials.columns else [])
-    return [c for c in [*parts, *metrics] if c in trials.columns]
+    return [c for c in parts if c in trials.columns] + metric_columns(trials, settings)
+
+
+def metric_notes(cells: pd.DataFrame, settings: Settings) -> list[tuple[str, str]]:
+    """(title, meaning) of each metric column of the cells table that its method explained."""
+    notes = (settings.metric_titles.get(name) for name in metric_names(cells))
+    return [note for note in notes if note and note[1]]
 
 
 def training_section(trials: pd.DataFrame, head: pd.DataFrame, settings: Settings) -> str:
@@ -311,8 +324,8 @@ def results_markdown(
         "## All cells\n\n"
         + cells_markdown(cells, settings, select)
         + "\n\nn counts completed runs with a finite accuracy; failed and diverged runs (and completed runs without "
-        "an accuracy) are failures, excluded from mean ± std but counted in Status. Masked is the mean fraction of "
-        "samples the teacher-correct gate removed (gated variants only).",
+        "an accuracy) are failures, excluded from mean ± std but counted in Status."
+        + "".join(f" {title} is {meaning}." for title, meaning in metric_notes(cells, settings)),
         failures_section(trials, settings, select),
         "## Plots\n\n" + "\n\n".join(f"![{alt}](plots/{name}.png)" for name, alt in PLOTS.items()),
         training_section(trials, head, settings),

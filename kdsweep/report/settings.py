@@ -13,6 +13,8 @@ SELECTS = ("best", "last")
 # The seed report's display names; the manifest's `report` section overrides or extends them.
 DEFAULT_LOSS_DISPLAY = {"l2": "L2 loss", "kl": "KL divergence", "kl_raw": "KL divergence (raw features)"}
 DEFAULT_ARCH_DISPLAY = {"MobileNetV2_1_0": "MobileNetV2x2"}
+LEGACY_METRIC_TITLES = {"masked_frac": ("Masked (gated)", "the mean fraction of samples the teacher-correct gate "
+                                                           "removed (gated variants only)")}
 DEFAULT_TOLERANCE = 0.05  # accuracy points within which a row is "on-par" with the baseline
 
 
@@ -38,6 +40,9 @@ class Settings:
     # metrics by name (mean over epochs). Empty for tables from elsewhere: then read off the columns.
     loss_parts: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    # metric -> (column title, what it means) for the cells table; manifests of kdsweep before 0.2 lack it, and
+    # their one metric was SimKD's gate.
+    metric_titles: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(LEGACY_METRIC_TITLES))
     teacher_arch: str | None = None  # fallbacks when trials.parquet lacks the teacher / student columns
     student_arch: str | None = None
 
@@ -111,9 +116,16 @@ def settings_from_manifest(manifest: dict[str, Any]) -> Settings:
         select=str(report.get("select") or "best"),
         loss_parts=tuple(str(x) for x in (report.get("loss_parts") or ())),
         metrics=tuple(str(x) for x in (report.get("metrics") or ())),
+        metric_titles=_metric_titles(report.get("metric_titles")),
         teacher_arch=_arch(manifest.get("teacher")),
         student_arch=_arch(manifest.get("student")),
     )
+
+
+def _metric_titles(given: Any) -> dict[str, tuple[str, str]]:
+    if not isinstance(given, dict):
+        return dict(LEGACY_METRIC_TITLES)
+    return {str(k): (str(v[0]), str(v[1])) for k, v in given.items() if isinstance(v, (list, tuple)) and len(v) == 2}
 
 
 def _arch(section: Any) -> str | None:

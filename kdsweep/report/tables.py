@@ -122,7 +122,9 @@ def comparison_markdown(head: pd.DataFrame, settings: Settings) -> str:
 
 
 def cells_markdown(cells: pd.DataFrame, settings: Settings, select: str) -> str:
-    """Every cell: runs by status, best- and last-epoch mean ± std, the CI of the selected one, best epoch, mask."""
+    """Every cell: runs by status, best- and last-epoch mean ± std, the CI of the selected one, best epoch, then
+    the mean of each metric the methods measured (aggregate.cell_table puts them last)."""
+    metrics = metric_names(cells)
     rows = []
     for _, c in cells.iterrows():
         rows.append(
@@ -136,11 +138,27 @@ def cells_markdown(cells: pd.DataFrame, settings: Settings, select: str) -> str:
                 fmt_mean_std(c["last_mean"], c["last_std"]),
                 fmt_ci(c[f"{select}_ci_low"], c[f"{select}_ci_high"]),
                 fmt_num(c["best_epoch_mean"], 1),
-                fmt_frac(c["masked_frac"]),
+                *(fmt_metric(name, c[name]) for name in metrics),
             ]
         )
     header = (
         "Projector type", "Loss", "lr", "n", "Status", "Best-epoch acc", "Last-epoch acc",
-        f"95% CI ({select})", "Best epoch (mean)", "Masked (gated)",
+        f"95% CI ({select})", "Best epoch (mean)", *(metric_title(name, settings) for name in metrics),
     )  # fmt: skip
     return markdown_table(header, rows)
+
+
+def metric_names(cells: pd.DataFrame) -> list[str]:
+    """The metric columns of a cell table: those after the best epoch."""
+    return list(cells.columns[cells.columns.get_loc("best_epoch_mean") + 1:])
+
+
+def metric_title(name: str, settings: Settings) -> str:
+    return settings.metric_titles.get(name, (name, ""))[0]
+
+
+def fmt_metric(name: str, value: float | None) -> str:
+    """Fractions (names ending in _frac) as percentages, other metrics in 4 significant digits."""
+    if name.endswith("_frac"):
+        return fmt_frac(value)
+    return f"{value:.4g}" if _ok(value) else DASH

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kdsweep import typed_config
-from kdsweep.data import DataSpec
+from kdsweep.data import dataset_problems
+from kdsweep.engine.recipe import Recipe, TeacherRecipe, section_problems
 from kdsweep.errors import UserError, unknown_name
 from kdsweep.methods import method_class, method_problems, methods
 
@@ -17,20 +18,17 @@ def cross_section_problems(space) -> list[tuple[str, str]]:
 
     problems = []
     if have("dataset"):
-        try:
-            DataSpec(**space.dataset.model_dump()).validate()
-        except UserError as err:
-            problems.append(("dataset", str(err).removeprefix("invalid dataset section: ").rstrip(".")))
+        problems += dataset_problems(space.dataset, "dataset")
     if have("recipe"):
-        problems += _milestone_problems("recipe", space.recipe)
+        problems += section_problems(Recipe, space.recipe, "recipe")
     if have("teacher") and space.teacher.train is not None:
-        problems += _milestone_problems("teacher.train", space.teacher.train)
+        problems += section_problems(TeacherRecipe, space.teacher.train, "teacher.train")
     knob_axes = space.axes.knob_axes() if have("axes") else {}
     kinds = _variant_kinds(space.variants) if have("variants") else {}
     if have("variants"):
         for variant, section in space.variants.items():
             problems += method_problems(section.method, f"variants.{variant}.method")
-    if have("axes"):
+    if have("axes", "variants"):  # an axis is a knob of the variants' methods: unknown until they validate
         problems += _axis_problems(space.axes, kinds)
     if have("variants", "axes"):
         axis_names = set(space.axes.method_axes())
@@ -140,21 +138,6 @@ def _override_problems(path: str, rule, kinds: dict[str, type]) -> list[tuple[st
                 if problem not in problems:
                     problems.append(problem)
     return problems
-
-
-def _milestone_problems(path: str, section) -> list[tuple[str, str]]:
-    """Explicit milestones must increase and lie inside the run: one at or past `epochs` would never fire, which is
-    almost always a recipe copied from a longer run (omit `milestones` to scale the reference 150/180/210)."""
-    m = section.milestones
-    if m is None:
-        return []
-    if any(b <= a for a, b in zip(m, m[1:])):
-        return [(f"{path}.milestones", f"must be strictly increasing, got {m}")]
-    late = [x for x in m if x >= section.epochs]
-    if late:
-        return [(f"{path}.milestones", f"{late} not below {path}.epochs ({section.epochs}), so they would never take "
-                 f"effect; omit `milestones` to scale the reference 150/180/210 to {section.epochs} epochs")]
-    return []
 
 
 def _rule_problems(path: str, rule: dict, match_values: dict) -> list[tuple[str, str]]:

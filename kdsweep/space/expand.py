@@ -13,8 +13,9 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdsweep.data import DataSpec
-from kdsweep.engine.recipe import Recipe
+from kdsweep import typed_config
+from kdsweep.data import DataSpec, parse_dataset
+from kdsweep.engine.recipe import Recipe, TeacherRecipe
 from kdsweep.engine.specs import RunSpec, TeacherSpec
 from kdsweep.ids import digest
 from kdsweep.methods import Method, MethodSpec, parse_method
@@ -53,10 +54,7 @@ class Space:
 
 
 def data_spec(space: SpaceFile, base: Path) -> DataSpec:
-    d = space.dataset.model_dump()
-    if d["root"] is not None:
-        d["root"] = absolute_location(d["root"], base)
-    return DataSpec(**d)
+    return parse_dataset(space.dataset, base)
 
 
 def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> TeacherPlan:
@@ -64,12 +62,8 @@ def teacher_plan(space: SpaceFile, root: str, data: DataSpec, base: Path) -> Tea
     if t.checkpoint is not None:
         spec = TeacherSpec(t.arch, absolute_location(t.checkpoint, base), t.expected_accuracy)
         return TeacherPlan(spec, None)
-    train = t.train
-    recipe = Recipe(
-        epochs=train.epochs, batch_size=train.batch_size, momentum=train.momentum,
-        weight_decay=train.weight_decay, milestones=tuple(train.milestones) if train.milestones else None,
-        checkpoint_every=train.checkpoint_every,
-    )
+    train = typed_config.build(TeacherRecipe, t.train)
+    recipe = train.recipe()
     method = MethodSpec("vanilla", VanillaConfig())
     identity = {"arch": t.arch, "data": data.identity(), "recipe": recipe.as_record(), "lr": train.lr, "seed": train.seed}
     run_id = f"teacher-{t.arch}-{digest(identity)}"
@@ -86,12 +80,7 @@ def experiment_context(space: SpaceFile, data: DataSpec, teacher_identity: dict)
 
 
 def student_recipe(space: SpaceFile) -> Recipe:
-    r = space.recipe
-    return Recipe(
-        epochs=r.epochs, batch_size=r.batch_size, momentum=r.momentum, weight_decay=r.weight_decay,
-        milestones=tuple(r.milestones) if r.milestones else None, gamma=r.gamma,
-        checkpoint_every=r.checkpoint_every,
-    )
+    return typed_config.build(Recipe, space.recipe)
 
 
 def cell_methods(space: SpaceFile):
@@ -117,7 +106,8 @@ def configuration_problems(space: SpaceFile) -> list[tuple[str, str]]:
     for variant, point, method in cell_methods(space):
         if method.method.config_problems.__func__ is Method.config_problems.__func__:
             continue  # the method checks nothing beyond its knobs: no need to build the models' feature info
-        student, teacher = feature_info(space.student.arch), feature_info(space.teacher.arch)
+        size = parse_dataset(space.dataset).geometry.image_size
+        student, teacher = feature_info(space.student.arch, size), feature_info(space.teacher.arch, size)
         for knob, message in method.method.config_problems(method.config, student, teacher):
             path = f"variants.{variant}.method.{knob}"
             if not any(p == path for p, _ in problems):

@@ -36,17 +36,9 @@ class Strict(BaseModel):
 MethodSection = dict[str, Scalar | list[Scalar] | None]
 
 
-class TeacherTraining(Strict):
-    """Train the teacher inside the experiment (plain cross-entropy) with the reference teacher recipe."""
-
-    epochs: PositiveInt = 240
-    lr: PositiveFloat = 0.05
-    batch_size: PositiveInt = 64
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: NonNegativeFloat = 5e-4
-    milestones: list[PositiveInt] | None = None
-    seed: int = 0
-    checkpoint_every: PositiveInt = 10
+# `recipe` and `teacher.train` are checked against the engine's typed configs (kdsweep/engine/recipe.py: Recipe,
+# TeacherRecipe) in checks.py: one class for the space, `kdsweep train` and the engine.
+RecipeSection = dict[str, Scalar | list[Scalar] | None]
 
 
 def _known_model(name: str) -> str:
@@ -58,7 +50,7 @@ def _known_model(name: str) -> str:
 class TeacherSection(Strict):
     arch: str
     checkpoint: str | None = None  # path (relative to the working directory) or URI
-    train: TeacherTraining | None = None
+    train: RecipeSection | None = None  # kdsweep trains the teacher: a TeacherRecipe (recipe + lr, seed)
     expected_accuracy: Annotated[float, Field(ge=0, le=100)] | None = None
     display_name: str | None = None
 
@@ -78,34 +70,9 @@ class StudentSection(Strict):
     _arch = field_validator("arch")(_known_model)
 
 
-class DatasetSection(Strict):
-    name: Literal["cifar100", "synthetic"]
-    root: str | None = None  # cifar100: folder holding cifar-100-python/ (relative to the working directory)
-    download: bool = False
-    num_classes: PositiveInt = 100  # synthetic only
-    train_size: PositiveInt = 50000  # synthetic only
-    test_size: PositiveInt = 10000  # synthetic only
-    seed: int = 0  # synthetic only
-    train_subset: PositiveInt | None = None
-    test_subset: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _root_for_cifar(self):
-        if self.name == "cifar100" and self.root is None:
-            raise ValueError("cifar100 needs `root`: the folder that holds (or will hold) cifar-100-python/")
-        return self
-
-
-class RecipeSection(Strict):
-    epochs: PositiveInt = 240
-    batch_size: Annotated[int, Field(gt=1)] = 64
-    optimizer: Literal["sgd"] = "sgd"
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: NonNegativeFloat = 5e-4
-    # Epoch counts after which lr is multiplied by gamma. Omitted: 150/180/210 scaled by epochs/240.
-    milestones: list[PositiveInt] | None = None
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
-    checkpoint_every: PositiveInt = 10
+# The dataset section is {name: <registered dataset>, **its knobs}; kdsweep/data/registry.py checks it against that
+# dataset's own typed config (space/checks.py), as variants' method sections are checked against their method's.
+DatasetSection = dict[str, Scalar | list[Scalar] | None]
 
 
 class VariantSection(Strict):
@@ -180,7 +147,7 @@ class SpaceFile(Strict):
     teacher: TeacherSection
     student: StudentSection
     dataset: DatasetSection
-    recipe: RecipeSection = RecipeSection()
+    recipe: RecipeSection = {}
     variants: Annotated[dict[Name, VariantSection], Field(min_length=1)]
     axes: Axes
     include: list[dict[str, Scalar | list[Scalar]]] = []

@@ -24,7 +24,8 @@ def describe(space: Space) -> str:
     groups = plan_groups(space, todo, store, f.group.max_students)
     lines = [f"experiment {f.experiment} -> {space.root}",
              f"teacher {f.teacher.arch} ({'trained first' if space.teacher.training_run else space.teacher.spec.checkpoint}), "
-             f"student {f.student.arch}, dataset {f.dataset.name}, {space.runs[0].recipe.epochs} epochs", ""]
+             f"student {f.student.arch}, dataset {space.data.name} ({space.data.geometry.image_size} px), "
+             f"{space.runs[0].recipe.epochs} epochs", ""]
     if change.context:
         lines += ["this space changes what every run of the experiment shares; `kdsweep run` refuses it without "
                   "--as-new-experiment NAME or --replace:", *(f"  ! {c}" for c in change.context), ""]
@@ -45,18 +46,29 @@ def describe(space: Space) -> str:
               f"(resources per trial: {f.resources.cpu:g} CPU, {f.resources.gpu:g} GPU):"]
     for g in groups:
         lines.append(f"  {g.group_id}: seed {g.seed}, {len(g.runs)} students")
-    train_images = _size(f.dataset.train_subset, 50000 if f.dataset.name == "cifar100" else f.dataset.train_size)
-    test_images = _size(f.dataset.test_subset, 10000 if f.dataset.name == "cifar100" else f.dataset.test_size)
-    classes = 100 if f.dataset.name == "cifar100" else f.dataset.num_classes
-    cost = sweep_cost(f.teacher.arch, f.student.arch, len(todo), len(groups), space.runs[0].recipe.epochs,
-                      train_images, test_images, classes)
-    lines += ["", "rough cost of what is left (FLOP counts; see kdsweep/estimate.py for the assumptions):",
-              f"  {format_flops(cost.flops_shared)} with the teacher shared per group: "
-              f"~{format_hours(cost.gpu_hours(cost.flops_shared))} of H100 at 30% of peak, "
-              f"~{format_hours(cost.cpu_core_hours(cost.flops_shared))} of CPU cores",
-              f"  {format_flops(cost.flops_naive)} if every student re-ran the teacher: "
-              f"~{format_hours(cost.gpu_hours(cost.flops_naive))} of H100"]
+    lines += ["", *cost_lines(space, todo, groups)]
     return "\n".join(lines)
+
+
+def cost_lines(space: Space, todo: list, groups: list) -> list[str]:
+    """The rough cost of what is left, from the dataset's sizes (unknown for files not there yet)."""
+    f, data = space.file, space.data
+    sizes = data.dataset.sizes(data.config)
+    if sizes is None:
+        return [f"rough cost: unknown until dataset {data.name}'s files are in place (their count sets it)"]
+    train_images = _size(data.train_subset, sizes.train_images)
+    test_images = _size(data.test_subset, sizes.test_images)
+    needs_teacher = [r for r in todo if r.method.method.needs_teacher]
+    teacher_groups = [g for g in groups if any(r.method.method.needs_teacher for r in g.runs)]
+    cost = sweep_cost(f.teacher.arch, f.student.arch, len(todo), len(needs_teacher), len(teacher_groups),
+                      space.runs[0].recipe.epochs, train_images, test_images, sizes.num_classes,
+                      data.geometry.image_size)
+    return ["rough cost of what is left (FLOP counts; see kdsweep/estimate.py for the assumptions):",
+            f"  {format_flops(cost.flops_shared)} with the teacher shared per group: "
+            f"~{format_hours(cost.gpu_hours(cost.flops_shared))} of H100 at 30% of peak, "
+            f"~{format_hours(cost.cpu_core_hours(cost.flops_shared))} of CPU cores",
+            f"  {format_flops(cost.flops_naive)} if every student re-ran the teacher: "
+            f"~{format_hours(cost.gpu_hours(cost.flops_naive))} of H100"]
 
 
 def describe_method(method) -> str:

@@ -7,7 +7,6 @@ architecture) and the dataset (present, or downloaded once here rather than by e
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from kdsweep.errors import UserError
 from kdsweep.space import Space
@@ -16,8 +15,8 @@ from kdsweep.storage import is_uri
 
 def preflight(space: Space, address: str | None) -> None:
     check_gpu(space, address)
-    check_dataset(space)
-    check_teacher_checkpoint(space)
+    classes = check_dataset(space)
+    check_teacher_checkpoint(space, classes)
 
 
 def check_gpu(space: Space, address: str | None) -> None:
@@ -33,33 +32,25 @@ def check_gpu(space: Space, address: str | None) -> None:
             )
 
 
-def check_dataset(space: Space) -> None:
+def check_dataset(space: Space) -> int | None:
+    """Get the dataset's files (downloading once here rather than in every trial) and read them once (a second or
+    two for CIFAR), so that missing, truncated or foreign files are one message now rather than every trial failing
+    on them after Ray has started. Returns the number of classes; None for data in a bucket, which the trials read."""
     data = space.data
-    if data.name != "cifar100" or data.root is None or is_uri(data.root):
-        return
-    from kdsweep.data.cifar100 import FILES, FOLDER, download_cifar100, layout_help
-
-    root = Path(data.root)
-    missing = [name for name in FILES if not (root / FOLDER / name).is_file()]
-    if missing and data.download:
-        print(f"kdsweep: downloading CIFAR-100 into {root} (once, before any trial starts)")
-        download_cifar100(root)
-        missing = [name for name in FILES if not (root / FOLDER / name).is_file()]
-    if missing:
-        where = (f"missing {', '.join(str(root / FOLDER / n) for n in missing)}" if root.is_dir()
-                 else f"the directory {root} does not exist")
-        raise UserError(f"{space.source}: dataset.root: CIFAR-100 not found: {where}. " + layout_help(root))
-    # Read it once here (a second or two for CIFAR-100), so that truncated or foreign files are one message now
-    # rather than every trial failing on them after Ray has started.
+    locations = [getattr(data, knob) for knob in data.dataset.paths]
+    if any(location is not None and is_uri(location) for location in locations):
+        return None
     from kdsweep.data import load_dataset
 
+    where = f"dataset.{data.dataset.paths[0]}" if data.dataset.paths else "dataset"
     try:
-        load_dataset(data)
+        data.dataset.prepare(data.config, announce=print)
+        return load_dataset(data).num_classes
     except UserError as err:
-        raise UserError(f"{space.source}: dataset.root: {err}") from None
+        raise UserError(f"{space.source}: {where}: {err}") from None
 
 
-def check_teacher_checkpoint(space: Space) -> None:
+def check_teacher_checkpoint(space: Space, classes: int | None) -> None:
     """Load the declared teacher checkpoint on the CPU once and compare its keys and shapes with the architecture."""
     if space.teacher.training_run is not None:
         return
@@ -68,8 +59,13 @@ def check_teacher_checkpoint(space: Space) -> None:
 
     spec = space.teacher.spec
     sd = state_dict_from_checkpoint(read_checkpoint_bytes(spec.checkpoint), spec.checkpoint)
-    classes = 100 if space.data.name == "cifar100" else space.data.num_classes
-    mismatch = describe_mismatch(create_model(spec.arch, num_classes=classes).state_dict(), sd)
+    if classes is None:
+        sizes = space.data.dataset.sizes(space.data.config)
+        if sizes is None:
+            return  # the dataset is read by the trials only; load_teacher checks the pair there
+        classes = sizes.num_classes
+    model = create_model(spec.arch, num_classes=classes, image_size=space.data.geometry.image_size)
+    mismatch = describe_mismatch(model.state_dict(), sd)
     if mismatch:
         raise UserError(
             f"{space.source}: teacher.checkpoint {spec.checkpoint} does not match teacher.arch '{spec.arch}' with "

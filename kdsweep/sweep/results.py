@@ -39,6 +39,11 @@ def loss_display() -> dict[str, str]:
     return {label: name for cls in methods().values() for label, name in cls.loss_display.items()}
 
 
+def metric_titles() -> dict[str, list[str]]:
+    """Every registered method's titles and meanings of its metrics (Method.metric_titles)."""
+    return {name: list(title) for cls in methods().values() for name, title in cls.metric_titles.items()}
+
+
 def measured_names(records) -> tuple[list[str], list[str]]:
     """(loss-part keys, metric keys) that any epoch of `records` holds, in the order they were first recorded:
     whatever the runs' methods returned, with no list to keep up to date here."""
@@ -172,7 +177,7 @@ def write_space_and_manifest(space: Space, store: Store, device: str, ray_versio
         "device": device,
         "started_at": _now(), "finished_at": None,
         "first_started_at": manifest.get("first_started_at") or _now(),
-        "dataset": space.file.dataset.model_dump(),
+        "dataset": dict(space.file.dataset),
         "recipe": space.runs[0].recipe.as_record(),
         # A teacher trained here is named relative to the experiment folder, which may move.
         "teacher": {"arch": f.teacher.arch, "checkpoint": space.teacher.spec.checkpoint.removeprefix(f"{space.root}/"),
@@ -189,8 +194,9 @@ def space_as_run(space: Space) -> dict:
     """The document with overrides applied and every location absolute, so it reloads from anywhere."""
     raw = dict(space.raw)
     raw["storage"] = space.root.rsplit("/", 1)[0]
-    if space.data.root is not None:
-        raw["dataset"] = {**raw["dataset"], "root": space.data.root}
+    for knob in space.data.dataset.paths:  # the dataset's locations, as resolved
+        if getattr(space.data, knob) is not None:
+            raw["dataset"] = {**raw["dataset"], knob: getattr(space.data, knob)}
     if space.teacher.training_run is None:
         raw["teacher"] = {**raw["teacher"], "checkpoint": space.teacher.spec.checkpoint}
     if space.plugins:
@@ -213,6 +219,7 @@ def report_settings(space: Space) -> dict:
         "teacher_display": f.teacher.display_name or f.teacher.arch,
         "student_display": f.student.display_name or STUDENT_DISPLAY.get(f.student.arch, f.student.arch),
         "loss_display": {**loss_display(), **f.report.loss_names},
+        "metric_titles": metric_titles(),
         "select": f.report.select,
         "variants": [{"name": k, "title": v.title} for k, v in f.variants.items()] + outside_variants,
         "losses": list(f.axes.loss) if f.axes.loss else list(dict.fromkeys(r.method.loss for r in space.runs)),
