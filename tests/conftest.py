@@ -31,6 +31,20 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _plugin_registrations_end_with_their_test():
+    """A plug-in a test registers (methods, datasets) is gone after it, so that listings and "known: ..." messages
+    in later tests of the same worker do not depend on which tests ran before."""
+    from kdsweep.data.registry import _DATASETS
+    from kdsweep.methods.registry import _METHODS
+
+    saved = [(registry, dict(registry.all())) for registry in (_METHODS, _DATASETS)]
+    yield
+    for registry, classes in saved:
+        registry._classes.clear()
+        registry._classes.update(classes)
+
+
 # Every Ray process this suite starts must be gone when it ends (never `ray stop`: tests stop what they started).
 _RAY_DAEMONS = (b"raylet", b"gcs_server", b"ray::", b"default_worker.py", b"dashboard/agent.py", b"log_monitor.py")
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 KDSWEEP = [sys.executable, "-m", "kdsweep"]
@@ -63,9 +64,11 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop_inside_a_write(folder: Path, pattern: str, pid: int, timeout: float, skip: int = 0) -> str | None:
+def stop_inside_a_write(folder: Path, pattern: str, pid: int, timeout: float, skip: int = 0,
+                        when: Callable[[], bool] = lambda: True) -> str | None:
     """SIGKILL process `pid` while it writes a file of `folder` whose temporary name matches `pattern` (after
-    letting `skip` such writes finish).
+    letting `skip` such writes finish, and only a write that starts while `when()` holds; `when` is asked while
+    the process is frozen, so it sees the files as they were when the write began).
 
     The kernel tells us (inotify) the moment the temporary file is created; the process is frozen at once with
     SIGSTOP, and killed only if the temporary file is still there - the write is then provably in flight (Store
@@ -78,7 +81,7 @@ def stop_inside_a_write(folder: Path, pattern: str, pid: int, timeout: float, sk
     # The race is between the writer's write + fsync + rename and our SIGSTOP. On a loaded machine the scheduler may
     # wake this watcher milliseconds late; a real-time priority wakes it first (the watcher only blocks in select).
     with _realtime_priority():
-        return _stop_inside_a_write(libc, folder, pattern, pid, timeout, skip)
+        return _stop_inside_a_write(libc, folder, pattern, pid, timeout, skip, when)
 
 
 @contextlib.contextmanager
@@ -95,7 +98,8 @@ def _realtime_priority():
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
-def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: float, skip: int) -> str | None:
+def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: float, skip: int,
+                         when: Callable[[], bool]) -> str | None:
     import ctypes
     import fnmatch
     import select
@@ -124,7 +128,7 @@ def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: fl
                     skip -= 1
                     continue
                 os.kill(pid, signal.SIGSTOP)
-                if (folder / name).exists():
+                if (folder / name).exists() and when():
                     os.kill(pid, signal.SIGKILL)
                     return name
                 os.kill(pid, signal.SIGCONT)  # too late: that write had finished

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from helpers import save_teacher
+from helpers import RunsCode, save_teacher
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 # The corpus's "GPU asked for where there is none" must hold on a GPU machine too, and nothing may join a cluster.
@@ -93,18 +93,13 @@ def test_the_bad_input_corpus(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing is written for a refused input"
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (exec, ("open('/tmp/kdsweep-checkpoint-pwned', 'w').write('x')",))
-
-
 def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
     good = save_teacher(tmp_path / "resnet8.pth")
     wrong_arch = save_teacher(tmp_path / "resnet20.pth", arch="resnet20")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00\x01 definitely not a checkpoint")
     evil = tmp_path / "evil.pth"
-    torch.save({"model": _RunsCode()}, evil)
+    torch.save({"model": RunsCode(tmp_path / "checkpoint-pwned")}, evil)
     expected = {
         str(tmp_path / "missing.pth"): "teacher checkpoint {} does not exist",
         wrong_arch: "teacher.checkpoint {} does not match teacher.arch 'resnet8' with 10 classes: ",
@@ -125,7 +120,7 @@ def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
         assert message.format(checkpoint) in case["stderr"], case["stderr"]
     mismatch = result["cases"][1]["stderr"]
     assert "unexpected keys: layer1.1.conv1.weight, layer1.1.bn1.weight" in mismatch  # the first mismatched keys
-    assert not Path("/tmp/kdsweep-checkpoint-pwned").exists()
+    assert not (tmp_path / "checkpoint-pwned").exists()
     # The same space with a good checkpoint passes every check (the refusals above are the checkpoints' doing).
     from kdsweep.space import load_space
     from kdsweep.sweep.preflight import preflight

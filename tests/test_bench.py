@@ -53,7 +53,24 @@ def test_bench_refuses_bad_options(capsys):
     assert main(["bench", *TINY, "--k", "0"]) == 2
 
 
+@pytest.mark.parametrize("flag, value, key, expected", [
+    ("--channels-last", "on", "channels_last", True),
+    ("--channels-last", "off", "channels_last", False),
+    ("--channels-last", "auto", "channels_last", False),  # auto: on for CUDA only
+    ("--compile", "off", "compile", False),
+    ("--compile", "auto", "compile", False),
+    ("--precision", "fp32", "bf16", False),  # (bf16 on the CPU: the bench's peak-FLOP probe alone takes minutes)
+    ("--precision", "auto", "bf16", False),
+])
+def test_bench_switches_reach_the_fast_path_it_runs(tmp_path, flag, value, key, expected):
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--paths", "single", "--rounds", "1", flag, value, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["fast"][key] is expected
+
+
 @pytest.mark.parametrize("flag", ["--compile", "--channels-last"])
-def test_bench_switches_are_on_off_auto(flag):
-    with pytest.raises(SystemExit):
+def test_bench_switches_are_on_off_auto(flag, capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["bench", flag, "maybe"])
+    assert stop.value.code == 2
+    assert f"argument {flag}: invalid choice: 'maybe' (choose from " in capsys.readouterr().err

@@ -142,12 +142,12 @@ def test_fitnet_refuses_a_stage_the_networks_lack(nets):
 
 def test_fitnet_two_stage_ends_above_chance(tmp_path):
     """One hint-only epoch, then one epoch of CE: the student is still clearly above chance (10%)."""
-    data = TINY_DATA.with_knobs(train_size=1024, test_size=256)
+    data = TINY_DATA.with_knobs(train_size=512, test_size=128)  # 16 steps an epoch at batch 32
     torch.manual_seed(0)
     teacher = create_model("resnet8", num_classes=10)
     path = tmp_path / "teacher.pt"
     torch.save({"model": teacher.state_dict()}, path)
-    run = run_spec("fitnet-2stage", kind="fitnet", schedule="two_stage", hint_epochs=1, epochs=2, batch_size=64)
+    run = run_spec("fitnet-2stage", kind="fitnet", schedule="two_stage", hint_epochs=1, epochs=2, batch_size=32)
     (record,) = run_group(group_spec([run], tmp_path / "out", str(path), data=data))
     first, second = record["history"]
     assert "train_loss_hint" in first and "train_loss_ce" not in first

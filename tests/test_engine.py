@@ -1,5 +1,6 @@
 """The training engine without Ray: groups, determinism, resume, checkpoints, divergence, teachers."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from kdsweep.engine.recipe import Recipe
 from kdsweep.engine.teacher import load_teacher
 from kdsweep.errors import UserError
 from kdsweep.storage import Store
-from helpers import TINY_DATA, group_spec, run_spec, save_teacher
+from helpers import TINY_DATA, Crash, RunsCode, crash_after_first_epoch, group_spec, history_key, run_spec, save_teacher
 
 VARIANTS = [
     run_spec("simkd-l2"),
@@ -23,38 +24,49 @@ VARIANTS = [
 ]
 
 
-LEARNABLE = TINY_DATA.with_knobs(train_size=1024, test_size=256)  # enough for one epoch to be clearly above chance
+LEARNABLE = TINY_DATA.with_knobs(train_size=512, test_size=128)  # 16 steps an epoch at batch 32
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A resnet8 teacher trained for three epochs on synthetic data (vanilla cross-entropy, ~90% test accuracy)."""
+    """A resnet8 teacher trained for three epochs on synthetic data (vanilla cross-entropy, ~70% test accuracy)."""
     storage = tmp_path_factory.mktemp("teacher")
     run_group(group_spec([run_spec("teacher", kind="vanilla", epochs=3, batch_size=64)], storage, None, data=LEARNABLE))
     return str(storage / "runs" / "teacher" / "final.pt")
 
 
 def test_one_epoch_of_every_variant_is_above_chance(tmp_path, teacher, monkeypatch):
-    """taps x loss, the gate on each loss (the gate acts on the loss per sample, whatever the taps), the authors'
-    raw-feature KL with CE + KD on the student head, and the methods SimKD is compared with (vanilla CE, Hinton KD,
-    DKD, FitNet): each student one epoch at batch 64, all in one group sharing the teacher forward. The frozen
-    teacher leaves the group exactly as it was loaded, BatchNorm statistics included."""
-    runs = [run_spec(f"{taps}-{loss}", taps=taps, loss=loss, epochs=1, batch_size=64)
-            for taps in ("last", "multi", "all_blocks") for loss in ("l2", "kl")]
-    runs += [run_spec(f"{taps}-{loss}-gated", taps=taps, loss=loss, gate="teacher_correct", epochs=1, batch_size=64)
-             for taps, loss in (("last", "kl"), ("all_blocks", "l2"))]
-    runs += [run_spec("raw-aux", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=0.01,
-                      epochs=1, batch_size=64),
-             run_spec("vanilla", kind="vanilla", epochs=1, batch_size=64),
-             run_spec("kd", kind="kd", epochs=1, batch_size=64),
-             run_spec("dkd", kind="dkd", warmup_epochs=1, epochs=1, batch_size=64),
-             run_spec("fitnet", kind="fitnet", epochs=1, batch_size=64)]
+    """Every taps and every loss, the gate on each loss (the gate acts on the loss per sample, whatever the taps),
+    the authors' raw-feature KL with CE + KD on the student head, and the methods SimKD is compared with (vanilla
+    CE, Hinton KD, DKD, FitNet): each student one epoch at batch 32, all in one group sharing the teacher forward,
+    each clearly above chance (all but the raw KL, see below) with the records and metrics its method measures.
+    The frozen teacher leaves the group exactly as it was loaded, BatchNorm statistics included."""
+    simkd = {"last-l2": {}, "multi-kl": {"taps": "multi", "loss": "kl"}, "all_blocks-l2": {"taps": "all_blocks"},
+             "last-kl-gated": {"loss": "kl", "gate": "teacher_correct"},
+             "all_blocks-l2-gated": {"taps": "all_blocks", "gate": "teacher_correct"},
+             "raw-aux": {"loss": "kl_raw", "ce_weight": 1.0, "kd_weight": 1.0, "eval_head": "student", "lr": 0.01}}
+    others = {"vanilla": {"kind": "vanilla"}, "kd": {"kind": "kd"}, "dkd": {"kind": "dkd", "warmup_epochs": 1},
+              "fitnet": {"kind": "fitnet"}}
+    runs = [run_spec(name, epochs=1, batch_size=32, **knobs) for name, knobs in {**simkd, **others}.items()]
     loaded = []
     monkeypatch.setattr(group_module, "load_teacher", lambda *a: loaded.append(load_teacher(*a)) or loaded[-1])
-    records = run_group(group_spec(runs, tmp_path, teacher, data=LEARNABLE))
-    for r in records:
-        assert r["status"] == "completed" and r["epochs_done"] == 1
-        assert r["best_acc"] > 20.0, f"{r['run_id']}: {r['best_acc']}% (chance is 10%)"
+    records = {r["run_id"]: r for r in run_group(group_spec(runs, tmp_path, teacher, data=LEARNABLE))}
+    assert list(records) == [r.run_id for r in runs]
+    for name, r in records.items():
+        assert r["status"] == "completed" and r["epochs_done"] == 1 and len(r["history"]) == 1, name
+        assert r["teacher_acc"] > 50.0, name  # the ~70% teacher, measured by the group on the test split
+        gated = "gated" in name
+        assert ("masked_frac" in r["history"][0]) == gated, name  # only a gated run measures its mask
+        if gated:
+            assert 0.0 < r["history"][0]["masked_frac"] < 1.0, name
+        if name == "raw-aux":
+            # The raw-feature KL is unbounded below: after one epoch the accuracy is whatever its runaway features
+            # leave the head (9-21% in trials of this test's sizes), so no floor. test_plugins pins its weights.
+            assert math.isfinite(r["best_acc"]) and r["best_epoch"] == 1
+        else:
+            assert r["best_acc"] > 20.0 and r["best_epoch"] == 1, f"{name}: {r['best_acc']}% (chance is 10%)"
+    raw_aux = records["raw-aux"]["history"][0]
+    assert raw_aux["train_loss_ce"] > 0 and raw_aux["train_loss_kd"] != 0  # both parts measured (KD may be < 0)
     (trained_with, _), = loaded
     as_loaded, _ = load_teacher("resnet8", teacher, 10, torch.device("cpu"))
     assert not any(p.requires_grad or p.grad is not None for p in trained_with.parameters())
@@ -69,8 +81,7 @@ def final_weights(storage, run_id):
 
 
 def history(storage, run_id):
-    return [(e["epoch"], e["test_acc"], e["train_loss"]) for e in
-            Store(str(storage)).read_json(f"runs/{run_id}/progress.json")["history"]]
+    return history_key(Store(str(storage)).read_json(f"runs/{run_id}/progress.json")["history"])
 
 
 def assert_same_run(storage_a, storage_b, run_id):
@@ -89,19 +100,6 @@ def grouped(tmp_path_factory, teacher):
     return storage, records
 
 
-def test_group_trains_every_variant_above_chance(grouped):
-    _, records = grouped
-    assert [r["status"] for r in records] == ["completed"] * 4
-    for r in records:
-        assert r["epochs_done"] == 2 and len(r["history"]) == 2
-        assert 0.0 <= r["best_acc"] <= 100.0 and r["best_epoch"] in (1, 2)
-        assert r["teacher_acc"] is not None
-    gated = records[1]["history"][-1]
-    assert 0.0 <= gated["masked_frac"] <= 1.0
-    assert "masked_frac" not in records[0]["history"][-1]  # an ungated run measures no mask
-    assert records[3]["history"][-1]["train_loss_ce"] > 0 and records[3]["history"][-1]["train_loss_kd"] > 0
-
-
 def test_a_student_trains_to_the_same_weights_alone_or_in_a_group(grouped, tmp_path, teacher):
     storage, _ = grouped
     for run in VARIANTS[:3]:
@@ -112,12 +110,6 @@ def test_a_student_trains_to_the_same_weights_alone_or_in_a_group(grouped, tmp_p
 
 def test_interrupted_group_resumes_to_the_uninterrupted_result(grouped, tmp_path, teacher):
     storage, _ = grouped
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_first_epoch(report):
-        raise Crash
 
     with pytest.raises(Crash):
         run_group(group_spec(VARIANTS, tmp_path, teacher), on_epoch=crash_after_first_epoch)
@@ -158,7 +150,8 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(grouped, tmp_p
 
 def test_divergence_stops_one_student_and_its_group_mates_carry_on(tmp_path, teacher):
     runs = [run_spec("fine"), run_spec("explodes", loss="kl_raw", ce_weight=1.0, kd_weight=1.0, eval_head="student", lr=1e3)]
-    records = run_group(group_spec(runs, tmp_path, teacher))
+    # Six steps in the first epoch: enough for lr 1e3 on the unbounded raw KL to overflow within it.
+    records = run_group(group_spec(runs, tmp_path, teacher, data=TINY_DATA.with_knobs(train_size=192)))
     fine, explodes = records
     assert fine["status"] == "completed" and fine["epochs_done"] == 2
     assert explodes["status"] == "diverged" and explodes["diverged_epoch"] == 1 and explodes["epochs_done"] == 1
@@ -180,11 +173,6 @@ def test_lr_schedule_follows_the_reference():
     assert Recipe(epochs=24).milestone_epochs() == (15, 18, 21)
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (exec, ("open(__import__('os').environ['KD_MARKER'], 'w').write('pwned')",))
-
-
 def test_teacher_checkpoint_problems_get_clear_messages(tmp_path, teacher, monkeypatch):
     cpu = torch.device("cpu")
     with pytest.raises(UserError, match="teacher checkpoint .*nope.pth does not exist"):
@@ -200,9 +188,8 @@ def test_teacher_checkpoint_problems_get_clear_messages(tmp_path, teacher, monke
     with pytest.raises(UserError, match="is not a PyTorch checkpoint"):
         load_teacher("resnet8", str(junk), 10, cpu)
     marker = tmp_path / "marker"
-    monkeypatch.setenv("KD_MARKER", str(marker))
     evil = tmp_path / "evil.pth"
-    torch.save({"model": _RunsCode()}, evil)
+    torch.save({"model": RunsCode(marker)}, evil)
     with pytest.raises(UserError, match="was refused: it is not a plain weights file"):
         load_teacher("resnet8", str(evil), 10, cpu)
     assert not marker.exists()
@@ -315,15 +302,9 @@ def test_fused_students_resume_to_the_uninterrupted_result(tmp_path, teacher):
     def spec(folder):
         return replace(group_spec(runs, folder, teacher, data=CACHE_DATA), fuse_students="on")
 
-    class Crash(Exception):
-        pass
-
-    def crash(report):
-        raise Crash
-
     run_group(spec(tmp_path / "straight"))
     with pytest.raises(Crash):
-        run_group(spec(tmp_path / "resumed"), on_epoch=crash)
+        run_group(spec(tmp_path / "resumed"), on_epoch=crash_after_first_epoch)
     for rec in run_group(spec(tmp_path / "resumed")):
         assert rec["resumed_from"] == [1]
     for run in runs:

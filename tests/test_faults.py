@@ -7,9 +7,10 @@ from contextlib import contextmanager
 
 import pytest
 
+from kdsweep.cli import main
 from kdsweep.engine.checkpoint import CheckpointDir
 from kdsweep.storage import Store
-from helpers import save_teacher, tiny_space
+from helpers import cli, save_teacher, tiny_space
 
 
 @contextmanager
@@ -30,17 +31,17 @@ def kdsweep(*args, cwd=None):
                           timeout=300)
 
 
-def test_disk_full_names_the_path_and_keeps_earlier_results(tmp_path):
+def test_disk_full_names_the_path_and_keeps_earlier_results(tmp_path, capsys):
     # resnet8 checkpoints are ~0.65 MB (weights + momentum): two fit in 1.6 MB, the third does not.
     with tmpfs(tmp_path / "full", "size=1600k") as out:
-        done = kdsweep("train", "--student", "resnet8", "--dataset", "synthetic", "--data", "train_size=64",
-                       "--data", "test_size=32", "--epochs", "4", "--checkpoint-every", "1", "--threads", "1",
-                       "--out", str(out))
-        assert done.returncode == 2, done.stderr
-        assert "Traceback" not in done.stderr
+        rc, _, err = cli(capsys, "train", "--student", "resnet8", "--dataset", "synthetic", "--data", "train_size=64",
+                         "--data", "test_size=32", "--epochs", "4", "--checkpoint-every", "1", "--threads", "1",
+                         "--out", str(out))
+        assert rc == 2, err
+        assert "Traceback" not in err
         (run_dir,) = (out / "runs").iterdir()
-        assert f"cannot write {run_dir}/checkpoints/epoch-0003.pt: No space left on device" in done.stderr
-        assert "everything written there before is intact" in done.stderr
+        assert f"cannot write {run_dir}/checkpoints/epoch-0003.pt: No space left on device" in err
+        assert "everything written there before is intact" in err
         progress = json.loads((run_dir / "progress.json").read_text())
         assert progress["epochs_done"] == 2 and len(progress["history"]) == 2
         state = CheckpointDir(Store(str(out)), f"runs/{run_dir.name}/checkpoints").load_latest()
@@ -65,12 +66,14 @@ from kdsweep.errors import UserError
 from kdsweep.storage import Store
 from kdsweep.sweep.lock import ExperimentLock
 go = Path(sys.argv[2])
+print("ready", flush=True)
 while not go.exists():
     time.sleep(0.001)
 try:
     with ExperimentLock(Store(sys.argv[1])):
         print("held", flush=True)
-        time.sleep(1.5)
+        while not go.with_name("release").exists():  # held until every other racer has been refused
+            time.sleep(0.01)
 except UserError:
     print("refused", flush=True)
 """
@@ -90,21 +93,20 @@ def test_runs_racing_for_a_dead_holders_lock_leave_exactly_one_holder(tmp_path):
     racers = [subprocess.Popen([sys.executable, "-c", RACER, str(root), str(go)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(6)]
     try:
-        import time
-
-        time.sleep(3)  # every racer imported kdsweep and waits for the start
+        assert [r.stdout.readline().strip() for r in racers] == ["ready"] * 6  # all imported, waiting for the start
         go.write_text("")
-        outputs = [r.communicate(timeout=60) for r in racers]
+        said = sorted(r.stdout.readline().strip() for r in racers)
+        (tmp_path / "release").write_text("")
+        errors = [r.communicate(timeout=60)[1] for r in racers]
     finally:
         for r in racers:
             r.kill()
-    said = sorted(out.strip() for out, _ in outputs)
-    assert said == ["held"] + ["refused"] * 5, outputs
-    assert sum("taking over the lock of a process that is gone" in err for _, err in outputs) == 1
+    assert said == ["held"] + ["refused"] * 5, errors
+    assert sum("taking over the lock of a process that is gone" in err for err in errors) == 1
     assert not (root / LOCK_NAME).exists()
 
 
-def test_a_report_on_a_full_disk_names_the_path_and_keeps_the_tables(tmp_path):
+def test_a_report_on_a_full_disk_names_the_path_and_keeps_the_tables(tmp_path, capsys):
     """The inputs fit, the plots do not: `kdsweep report` exits 2 naming the file, without a traceback, and the
     tables it read are untouched."""
     from test_report import golden_trials, manifest, write_experiment
@@ -117,34 +119,23 @@ def test_a_report_on_a_full_disk_names_the_path_and_keeps_the_tables(tmp_path):
         exp.mkdir()
         for name, data in before.items():
             (exp / name).write_bytes(data)
-        done = kdsweep("report", str(exp))
-        assert done.returncode == 2, done.stderr
-        assert "Traceback" not in done.stderr
-        assert f"cannot write {exp}/plots/acc_vs_lr.png: No space left on device" in done.stderr
+        rc, _, err = cli(capsys, "report", str(exp))
+        assert rc == 2, err
+        assert "Traceback" not in err
+        assert f"cannot write {exp}/plots/acc_vs_lr.png: No space left on device" in err
         assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
         assert not list(exp.rglob("*.tmp"))
 
 
-def _killed_while_writing(args, out, pattern, after, log):
-    """Start `kdsweep train ARGS --out OUT` and SIGKILL it the moment a new temporary file matching `pattern`
-    exists (a write in flight: Store writes a temporary file, then renames it) once a file matching `after`
-    does; returns whether that moment came."""
-    import os
-    import signal
-    import time
+def _killed_while_writing(args, folder, pattern, log, when=lambda: True):
+    """Run `kdsweep train ARGS` and SIGKILL it inside a write of `folder` whose temporary name matches `pattern`
+    and which starts while `when()` holds (Store writes a temporary file, then renames it; processes.py freezes
+    the writer the moment the kernel reports the file). Returns whether that moment came."""
+    from processes import kill_session, start, stop_inside_a_write
 
-    from processes import kill_session, start
-
-    before = set(out.glob(pattern))  # what an earlier kill left (the run deletes it when it resumes)
-    proc = start(["train", *args, "--out", str(out)], log)
+    proc = start(["train", *args], log)
     try:
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline:
-            if set(out.glob(pattern)) - before and any(out.glob(after)):
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-        return False
+        return stop_inside_a_write(folder, pattern, proc.pid, timeout=240, when=when) is not None
     finally:
         kill_session(proc.pid)
 
@@ -155,23 +146,23 @@ def test_killed_during_checkpoint_and_progress_writes_a_run_ends_like_an_uninter
     and the final weights and history are the uninterrupted run's."""
     from test_engine import assert_same_run
 
-    args = ["--student", "resnet8x4", "--dataset", "synthetic", "--data", "train_size=64", "--data", "test_size=32",
+    args = ["--student", "resnet8", "--dataset", "synthetic", "--data", "train_size=64", "--data", "test_size=32",
             "--batch-size", "32", "--epochs", "5", "--checkpoint-every", "1", "--threads", "1"]
-    straight = kdsweep("train", *args, "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
+    assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0  # in-process: the same code, one start less
+    (run_name,) = (p.name for p in (tmp_path / "straight" / "runs").iterdir())
     out = tmp_path / "killed"
-    checkpoints = "runs/*/checkpoints"
+    args += ["--out", str(out)]
+    run_dir, checkpoints = out / "runs" / run_name, out / "runs" / run_name / "checkpoints"
+    checkpoints.mkdir(parents=True)  # the same run id: its folders exist before the first watch starts
     kills = [
-        _killed_while_writing(args, out, f"{checkpoints}/.epoch-0002.pt.*.tmp", "runs/*", tmp_path / "kill0.log"),
-        _killed_while_writing(args, out, f"{checkpoints}/.epoch-0004.pt.*.tmp", "runs/*", tmp_path / "kill1.log"),
-        _killed_while_writing(args, out, "runs/*/.progress.json.*.tmp", f"{checkpoints}/epoch-0004.pt.sha256",
-                              tmp_path / "kill2.log"),
+        _killed_while_writing(args, checkpoints, ".epoch-0002.pt.*.tmp", tmp_path / "kill0.log"),
+        _killed_while_writing(args, checkpoints, ".epoch-0004.pt.*.tmp", tmp_path / "kill1.log"),
+        _killed_while_writing(args, run_dir, ".progress.json.*.tmp", tmp_path / "kill2.log",
+                              when=(checkpoints / "epoch-0004.pt.sha256").exists),
     ]
     assert kills == [True, True, True], "every kill landed inside a write"
-    resumed = kdsweep("train", *args, "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    (run_dir,) = (out / "runs").iterdir()
+    assert main(["train", *args]) == 0
     record = json.loads((run_dir / "progress.json").read_text())
     assert record["status"] == "completed" and record["resumed_from"] == [1, 3, 4]
-    assert_same_run(tmp_path / "straight", out, run_dir.name)
+    assert_same_run(tmp_path / "straight", out, run_name)
     assert not list(out.rglob("*.tmp")), "the writes the kills cut short left no debris behind"

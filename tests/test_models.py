@@ -1,14 +1,15 @@
 """The model zoo against the SimKD reference code.
 
-Golden data (`golden/reference_models.json`) was generated once by instantiating the reference models
-(DefangChen/SimKD models/*.py): parameter counts, state_dict keys and shapes, the shapes of `is_feat` features,
-the sums of a `torch.manual_seed(0)` init, and the logits of a deterministically filled model (see model_fill.py)
-on a fixed input.
+Golden data (`golden/reference_models.json`) comes from the reference models (DefangChen/SimKD models/*.py);
+`golden/make_reference_models.py CLONE` regenerates it byte for byte from a clone of that repository. It holds
+parameter counts, state_dict keys and shapes, the shapes of `is_feat` features, the sums of a
+`torch.manual_seed(0)` init, and the logits of a deterministically filled model (see model_fill.py) on a fixed input.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -91,16 +92,40 @@ def test_init_matches_reference(name):
     assert [total, abs_total] == pytest.approx(GOLDEN["models"][name]["init_seed0_sum_abssum"], rel=1e-7)
 
 
+def _checkpoint_layouts(model: nn.Module, sd: dict, every: bool) -> dict[str, object]:
+    """What torch.save wrote in each codebase: SimKD's train_teacher.py; with `every`, also RepDistiller's (with the
+    optimizer) and a bare state_dict."""
+    simkd = {"epoch": 240, "best_acc": torch.tensor(73.5), "model": sd}
+    if not every:
+        return {"simkd": simkd}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model(golden_input()).sum().backward()
+    optimizer.step()  # a real optimizer state: momentum buffers next to plain numbers
+    return {
+        "simkd": simkd,
+        "repdistiller": {"epoch": 240, "model": sd, "accuracy": 73.5, "optimizer": optimizer.state_dict()},
+        "bare": sd,
+    }
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_reference_checkpoint_loads_strict(name):
-    # Both layouts load with strict=True: a bare state_dict and RepDistiller/SimKD's {"model": state_dict, ...}.
-    bare, wrapped = create_model(name), create_model(name)
-    sd = filled_state_dict(bare)
-    checkpoint = {"model": filled_state_dict(bare), "epoch": 240}
-    bare.load_state_dict(sd, strict=True)
-    wrapped.load_state_dict(checkpoint["model"], strict=True)
-    for (k, a), (_, b) in zip(bare.state_dict().items(), wrapped.state_dict().items()):
-        assert torch.equal(a, b) and torch.equal(a, sd[k]), k
+def test_teacher_loader_reads_the_reference_checkpoint_layouts(name, tmp_path):
+    # Through kdsweep's real loader (engine/teacher.load_teacher): every model in SimKD's layout; the other two
+    # layouts on two models (unwrapping does not depend on the architecture).
+    from kdsweep.engine.teacher import load_teacher
+
+    sd = filled_state_dict(create_model(name))
+    layouts = _checkpoint_layouts(create_model(name), sd, every=name in ("resnet8", "MobileNetV2"))
+    for layout, checkpoint in layouts.items():
+        path = tmp_path / f"{layout}.pth"
+        torch.save(checkpoint, path)
+        teacher, digest = load_teacher(name, str(path), num_classes=100, device=torch.device("cpu"))
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters()), layout
+        loaded = teacher.state_dict()
+        assert list(loaded) == list(sd), layout
+        for key, value in sd.items():
+            assert torch.equal(loaded[key], value), (layout, key)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -5,7 +5,6 @@ redesign moved no SimKD result (bitwise-equal weights, unchanged run ids)."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +18,7 @@ from kdsweep.methods.simkd import SimKDConfig
 from kdsweep.space import load_space
 from kdsweep.space.loading import SpaceError
 from kdsweep.sweep.driver import run_sweep
-from helpers import save_teacher
+from helpers import save_teacher, tiny_space
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -54,18 +53,9 @@ class Toy(Method):
 
 
 def space_text(storage, teacher, variants: str, axes: str = "{lr: [0.05], seed: [0]}", extra: str = "") -> str:
-    return textwrap.dedent(f"""\
-        experiment: methods
-        teacher: {{arch: resnet8, checkpoint: {teacher}}}
-        student: {{arch: resnet8}}
-        dataset: {{name: synthetic, num_classes: 10, train_size: 192, test_size: 64, seed: 0}}
-        recipe: {{epochs: 2, batch_size: 32, checkpoint_every: 1}}
-        variants: {variants}
-        axes: {axes}
-        storage: {storage}
-        resources: {{cpu: 1, gpu: 0}}
-        execution: {{device: cpu, max_failures: 0}}
-        """) + extra
+    """The tiny space with these variants: 192 training images, enough for the plug-in sweeps to beat chance."""
+    return tiny_space(storage, teacher=teacher, variants=variants, axes=axes, extra=extra, experiment="methods",
+                      train_size=192, test_size=64, max_failures=0)
 
 
 def problems_of(tmp_path, text) -> list[tuple[str, str]]:

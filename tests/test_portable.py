@@ -17,32 +17,18 @@ import pandas as pd
 import pytest
 import torch
 
-from kdsweep.cli import main
 from kdsweep.space import load_space
 from kdsweep.ids import checkpoint_digest, state_dict_digest
 from kdsweep.storage import Store
 from kdsweep.sweep.plan import read_records
-from helpers import save_teacher, tiny_space
+from helpers import cli, save_teacher, tiny_space, write_space
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy-v01" / "experiment"
-
-
-def kdsweep(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def run_records(root: Path) -> dict[str, bytes]:
     """Every run's progress.json, by folder: what a retrained run would rewrite."""
     return {p.parent.name: p.read_bytes() for p in sorted(root.glob("runs/*/progress.json"))}
-
-
-def space_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    return path
 
 
 # --- Identity ------------------------------------------------------------------------------------------------------
@@ -60,15 +46,15 @@ def test_a_teacher_is_identified_by_its_tensors_not_its_file(tmp_path):
     half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
     assert state_dict_digest(half) != state_dict_digest(sd)  # a dtype is part of the content
 
-    spaces = [load_space(space_file(tmp_path, tiny_space(tmp_path / where, teacher=ckpt)))
+    spaces = [load_space(write_space(tmp_path, tiny_space(tmp_path / where, teacher=ckpt)))
               for where, ckpt in (("r1", first), ("r2", str(tmp_path / "bare.pth")))]
     assert [r.run_id for r in spaces[0].runs] == [r.run_id for r in spaces[1].runs]  # other storage, other path
     assert spaces[0].root != spaces[1].root
 
 
 def test_a_moved_and_renamed_experiment_reports_the_same_and_trains_nothing(ray_session, tmp_path, capsys):
-    path = space_file(tmp_path, tiny_space(tmp_path / "results", seeds=(0,)))
-    rc, out, _ = kdsweep(capsys, "run", str(path))
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", seeds=(0,)))
+    rc, out, _ = cli(capsys, "run", str(path))
     assert rc == 0 and "4 runs, 0 already finished, 4 to train" in out
     original = tmp_path / "results" / "tiny"
     copy = tmp_path / "elsewhere" / "renamed"
@@ -77,11 +63,11 @@ def test_a_moved_and_renamed_experiment_reports_the_same_and_trains_nothing(ray_
     before = run_records(copy)
     reported = (copy / "results.md").read_text()
 
-    rc, out, _ = kdsweep(capsys, "status", str(copy))
+    rc, out, _ = cli(capsys, "status", str(copy))
     assert rc == 0 and "4/4 students done, 0 running, 0 pending" in out
-    rc, out, _ = kdsweep(capsys, "report", str(copy))
+    rc, out, _ = cli(capsys, "report", str(copy))
     assert rc == 0 and (copy / "results.md").read_text() == reported
-    rc, out, _ = kdsweep(capsys, "run", str(copy), "--no-report")
+    rc, out, _ = cli(capsys, "run", str(copy), "--no-report")
     assert rc == 0 and "4 runs, 4 already finished, 0 to train" in out, out
     assert run_records(copy) == before
     assert not original.exists()  # resumed where it lies, not where it was made
@@ -96,23 +82,23 @@ def test_a_moved_and_renamed_experiment_reports_the_same_and_trains_nothing(ray_
 
 def test_a_moved_teacher_checkpoint_with_the_same_weights_retrains_nothing(ray_session, tmp_path, capsys):
     teacher = save_teacher(tmp_path / "teachers" / "t.pth")
-    path = space_file(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0,)))
-    assert kdsweep(capsys, "run", str(path), "--no-report")[0] == 0
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0,)))
+    assert cli(capsys, "run", str(path), "--no-report")[0] == 0
     root = tmp_path / "results" / "tiny"
     before = run_records(root)
     moved = tmp_path / "mnt" / "shared" / "teacher.pth"
     moved.parent.mkdir(parents=True)
     os.rename(teacher, moved)
     # Where the teacher's file is gone, the experiment knows its teacher by the identity it recorded.
-    rc, out, _ = kdsweep(capsys, "status", str(root))
+    rc, out, _ = cli(capsys, "status", str(root))
     assert rc == 0 and "4/4 students done" in out, out
-    rc, out, err = kdsweep(capsys, "run", str(path), "--no-report", "--set", f"teacher.checkpoint={moved}")
+    rc, out, err = cli(capsys, "run", str(path), "--no-report", "--set", f"teacher.checkpoint={moved}")
     assert rc == 0 and "4 runs, 4 already finished, 0 to train" in out, out + err
     assert run_records(root) == before
 
     # Other weights at the teacher's path are another teacher: refused, every problem named, nothing touched.
     save_teacher(Path(teacher), seed=3)
-    rc, out, err = kdsweep(capsys, "run", str(path), "--no-report")
+    rc, out, err = cli(capsys, "run", str(path), "--no-report")
     assert rc == 2 and "teacher.content_sha256: sha256 " in err and "4 finished runs" in err, err
     assert "--as-new-experiment NAME" in err and "--replace" in err and "Traceback" not in err
     assert run_records(root) == before
@@ -128,9 +114,9 @@ def test_an_experiment_from_kdsweep_0_1_resumes_without_retraining(ray_session, 
     before = run_records(copy)
     legacy_folders = sorted(p.name for p in (copy / "runs").iterdir() if not p.name.startswith("teacher-"))
 
-    rc, out, _ = kdsweep(capsys, "status", str(copy))
+    rc, out, _ = cli(capsys, "status", str(copy))
     assert rc == 0 and "2/4 students done, 0 running, 2 pending" in out, out
-    rc, out, _ = kdsweep(capsys, "run", str(copy), "--no-report")
+    rc, out, _ = cli(capsys, "run", str(copy), "--no-report")
     assert rc == 0 and "4 runs, 2 already finished, 2 to train" in out, out
     after = run_records(copy)
     seed0 = [k for k in before if "-s0-" in k]
@@ -146,7 +132,7 @@ def test_an_experiment_from_kdsweep_0_1_resumes_without_retraining(ray_session, 
     # From now on it is an experiment like any other: moved again, it still finds every run.
     again = tmp_path / "again"
     shutil.move(copy, again)
-    rc, out, _ = kdsweep(capsys, "run", str(again), "--no-report")
+    rc, out, _ = cli(capsys, "run", str(again), "--no-report")
     assert rc == 0 and "4 runs, 4 already finished, 0 to train" in out, out
 
 
@@ -154,11 +140,11 @@ def test_an_experiment_from_kdsweep_0_1_resumes_without_retraining(ray_session, 
 
 def test_scope_changes_are_said_before_anything_trains_and_lose_nothing(ray_session, tmp_path, capsys):
     teacher = save_teacher(tmp_path / "t.pth")  # (a trained one would be trained again by --as-new-experiment)
-    path = space_file(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0, 1)))
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0, 1)))
     root = tmp_path / "results" / "tiny"
-    assert kdsweep(capsys, "run", str(path), "--no-report")[0] == 0
+    assert cli(capsys, "run", str(path), "--no-report")[0] == 0
 
-    rc, out, _ = kdsweep(capsys, "run", str(path), "--no-report", "--set", "axes.seed=[0, 1, 2]")
+    rc, out, _ = cli(capsys, "run", str(path), "--no-report", "--set", "axes.seed=[0, 1, 2]")
     assert rc == 0, out
     assert ("  + 4 runs in 4 cells (seed 2; variant simkd, labels; loss l2, kl; lr 0.05): new in this space, "
             "they train now") in out
@@ -166,7 +152,7 @@ def test_scope_changes_are_said_before_anything_trains_and_lose_nothing(ray_sess
 
     # Back to the plain space: seed 2 is outside it, kept and still reported, marked.
     finished = run_records(root)
-    rc, out, _ = kdsweep(capsys, "run", str(path))
+    rc, out, _ = cli(capsys, "run", str(path))
     assert rc == 0 and "8 runs, 8 already finished, 0 to train" in out, out
     assert "  - 4 runs in 4 cells (seed 2; variant simkd, labels; loss l2, kl; lr 0.05): no longer in the space; " \
            "kept on disk and still reported" in out
@@ -176,32 +162,33 @@ def test_scope_changes_are_said_before_anything_trains_and_lose_nothing(ray_sess
     results = (root / "results.md").read_text()
     assert "> 4 runs in 4 cells (seed 2) lie outside the experiment's current space" in results
     assert results.count("| complete; 1 outside the current space |") == 4
-    rc, out, _ = kdsweep(capsys, "status", str(root))
+    rc, out, _ = cli(capsys, "status", str(root))
     assert "outside the current space: 4 runs in 4 cells (seed 2;" in out and "4 finished" in out
-    rc, out, _ = kdsweep(capsys, "report", str(root), "--only-current")
+    rc, out, _ = cli(capsys, "report", str(root), "--only-current")
     results = (root / "results.md").read_text()
     assert rc == 0 and "outside" not in results and results.count("| complete |") == 4
     assert len(list((root / "history").glob("space-*.yaml"))) == 2  # each earlier space.yaml is kept
 
     # A recipe change alters every run's identity: refused with what changed, nothing written.
     space_yaml = (root / "space.yaml").read_bytes()
-    rc, out, err = kdsweep(capsys, "run", str(path), "--set", "recipe.epochs=1")
+    rc, out, err = cli(capsys, "run", str(path), "--set", "recipe.epochs=1")
     assert rc == 2 and "  - recipe.epochs: 2 -> 1\n" in err and "12 finished runs" in err, err
     assert "  - recipe.milestones: [1, 2, 2] -> [1, 1, 1]\n" in err
     assert (root / "space.yaml").read_bytes() == space_yaml and run_records(root) == finished
 
     # ... unless it goes into a new experiment beside this one,
-    rc, out, _ = kdsweep(capsys, "run", str(root), "--no-report", "--set", "recipe.epochs=1", "--set",
+    rc, out, _ = cli(capsys, "run", str(root), "--no-report", "--set", "recipe.epochs=1", "--set",
                          "axes.seed=[0]", "--as-new-experiment", "tiny-e1")
     assert rc == 0 and "4 runs, 0 already finished, 4 to train" in out, out
     assert (tmp_path / "results" / "tiny-e1" / "trials.parquet").exists() and run_records(root) == finished
     # ... or replaces it here: the earlier runs stay on disk, out of the tables.
-    rc, out, _ = kdsweep(capsys, "run", str(path), "--set", "recipe.epochs=1", "--set", "axes.seed=[0]", "--replace")
+    rc, out, _ = cli(capsys, "run", str(path), "--no-report", "--set", "recipe.epochs=1", "--set", "axes.seed=[0]",
+                         "--replace")
     assert rc == 0 and "  ! recipe.epochs: 2 -> 1" in out and "4 to train" in out, out
     assert {k: v for k, v in run_records(root).items() if k in finished} == finished
     trials = pd.read_parquet(root / "trials.parquet")
     assert len(trials) == 4 and (trials.epochs == 1).all()
-    rc, out, _ = kdsweep(capsys, "status", str(root))
+    rc, out, _ = cli(capsys, "status", str(root))
     assert "12 run folders of another configuration" in out, out
 
 
@@ -224,7 +211,7 @@ def test_files_honour_the_umask(tmp_path, umask, mode):
 def test_a_sweep_under_umask_027_leaves_no_file_others_can_read_and_none_the_group_cannot(tmp_path):
     """A real `kdsweep run` (own embedded Ray, workers included) under umask 027, as on a group-shared NFS."""
     teacher = save_teacher(tmp_path / "t.pth")
-    path = space_file(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0,), max_students=2))
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0,)))
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-m", "kdsweep", "run", str(path)], capture_output=True, text=True,
                          timeout=300, env=env, preexec_fn=lambda: os.umask(0o027))

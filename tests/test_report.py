@@ -3,6 +3,7 @@ against scipy, export, and the experiment folder round trip (real parquet, real 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -18,6 +19,12 @@ from kdsweep.report import build_report, cells_csv, cells_json, write_report
 from kdsweep.report.aggregate import verdict
 from kdsweep.report.stats import confidence_interval, t_cdf, t_ppf, t_sf, welch_t_test
 from kdsweep.report.tables import fmt_acc, fmt_lr
+from kdsweep.methods import parse_method
+from kdsweep.engine import RunRecord
+from kdsweep.space import load_space
+from kdsweep.storage import Store
+from kdsweep.sweep.results import _knob_value, export, write_space_and_manifest
+from helpers import save_teacher, tiny_space, write_space
 
 TITLES = {
     "simkd": "SimKD",
@@ -25,12 +32,15 @@ TITLES = {
     "all_layers": "All layers projector (unbiased)",
     "labels": "Using ground truth labels",
 }
-KNOBS = {
-    "simkd": {"taps": "[-2]", "gate": False},
-    "multi": {"taps": "[-3, -2]", "gate": False},
-    "all_layers": {"taps": "all", "gate": False},
-    "labels": {"taps": "[-2]", "gate": True},
+# The knob columns kdsweep writes for each variant (sweep/results.py: real method records, not hand-made values).
+VARIANT_METHODS = {
+    "simkd": {"taps": "last"},
+    "multi": {"taps": "multi"},
+    "all_layers": {"taps": "all_blocks"},
+    "labels": {"taps": "last", "gate": "teacher_correct"},
 }
+KNOBS = {variant: {k: _knob_value(v) for k, v in parse_method(knobs).as_record().items() if k != "loss"}
+         for variant, knobs in VARIANT_METHODS.items()}
 HEADER = (
     "| Teacher Arc | Student Arc | Projector type | Distillation Loss | Learning rate (best) | Test acc (best) "
     "| Improvement from Baseline |"
@@ -93,7 +103,6 @@ def trial(variant, loss, lr, seed, best, last=None, status="completed", masked=N
         "wall_s": 3600.0,
         "group_id": f"g-{lr:g}",
         "error": "RuntimeError: CUDA out of memory\nTraceback ..." if status == "failed" else None,
-        "kind": "simkd",
         "some_future_column": "ignored",
         **KNOBS[variant],
     }
@@ -184,8 +193,13 @@ def test_golden_headline_reproduces_the_seed_rows():
     assert lines[1] == "|---|---|---|---|---|---|---|"
     assert lines[2:] == GOLDEN_HEADLINE
     assert report.headline_markdown in report.markdown
-    assert "Every variant: kind=simkd, some_future_column=ignored." in report.markdown
-    assert "- **Using ground truth labels** (`labels`): taps=[-2], gate=True" in report.markdown
+    # Knobs every variant shares once (an unknown column counts as a knob; a null knob is left out), then each
+    # variant's own.
+    assert ("Every variant: some_future_column=ignored, kind=simkd, multi_weights=0.666667,0.333333, pairing=index, "
+            "factor=2, temperature=4.0, feature_weight=1.0, gate_normalise=kept, ce_weight=0.0, kd_weight=0.0, "
+            "kd_temperature=4.0, eval_head=teacher_classifier.") in report.markdown
+    assert "- **SimKD** (`simkd`): taps=last, gate=none\n" in report.markdown
+    assert "- **Using ground truth labels** (`labels`): taps=last, gate=teacher_correct\n" in report.markdown
 
 
 def test_select_last_uses_last_epoch_accuracy():
@@ -496,3 +510,76 @@ def test_building_a_report_leaves_pyplot_alone():
         text = source.read_text()
         assert "matplotlib.pyplot" not in text and "import pyplot" not in text, source.name
         assert "matplotlib.use(" not in text, source.name
+
+
+# ---------------------------------------------------------------- the sweep -> report contract
+
+
+def _fabricated_record(run, acc: float, gated: bool) -> RunRecord:
+    """What a finished two-epoch run's progress.json holds, built through RunRecord.add_epoch as training does:
+    epoch 1 at `acc` (the best), epoch 2 at acc - 3, SimKD's feature loss part and, when gated, its mask metric."""
+    record = RunRecord(run.run_id, group_id="g-fabricated", epochs=2, status="completed", teacher_acc=55.0)
+    for epoch, test_acc in ((1, acc), (2, acc - 3.0)):
+        record.add_epoch({"epoch": epoch, "test_acc": test_acc, "lr_epoch": run.lr, "train_loss": 1.0 / epoch,
+                          "train_loss_feat": 1.0 / epoch, **({"masked_frac": 0.25} if gated else {}),
+                          "images_per_s": 100.0, "wall_s": 2.0, "finished_at": 1.7e9 + epoch})
+    return record
+
+
+def _table(markdown: str, header_start: str) -> list[str]:
+    """The rows of the markdown table whose header starts with `header_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    return [line for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:])]
+
+
+def test_the_sweeps_exports_are_what_the_report_reads(tmp_path):
+    """Records as the engine writes them -> the driver's export (trials_frame, epochs_frame, manifest) -> the
+    report, without Ray: a column renamed or retyped on either side fails here, not only in the slow sweep test."""
+    teacher = save_teacher(tmp_path / "t.pth")
+    space = load_space(write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher, seeds=(0, 1, 2))))
+    store = Store(str(space.root))
+    write_space_and_manifest(space, store, device="cpu", ray_version=None)
+    base = {("simkd", "l2"): 40.0, ("simkd", "kl"): 50.0, ("labels", "l2"): 45.0, ("labels", "kl"): 35.0}
+    for run in space.runs:
+        acc = base[run.labels["variant"], run.method.loss] + 2.0 * run.seed  # each cell: mean base + 2, std 2
+        record = _fabricated_record(run, acc, gated=run.labels["variant"] == "labels")
+        store.write_json(f"runs/{run.run_id}/progress.json", record.to_dict())
+    export(space, store)
+    root = Path(space.root)
+    report = write_report(root)
+
+    md = report.markdown
+    assert "12 planned student runs in 4 cells (4 variant × loss rows, 1 learning rate): 12 completed." in md
+    assert _table(md, "| Teacher Arc |") == [  # Improvement from Baseline: the configured 30.00, and above it
+        "| resnet8 | resnet8 | SimKD | L2 loss | 0.05 | 42.00 ± 2.00 | 30.00 (yes) |",
+        "| resnet8 | resnet8 | SimKD | KL divergence | 0.05 | 52.00 ± 2.00 | 30.00 (yes) |",
+        "| resnet8 | resnet8 | Using ground truth labels | L2 loss | 0.05 | 47.00 ± 2.00 | 30.00 (yes) |",
+        "| resnet8 | resnet8 | Using ground truth labels | KL divergence | 0.05 | 37.00 ± 2.00 | 30.00 (yes) |",
+    ]
+    assert _table(md, "| Projector type | Loss | lr | n |") == [  # best epoch 1, last epoch 3 points lower
+        "| SimKD | L2 loss | 0.05 | 3/3 | complete | 42.00 ± 2.00 | 39.00 ± 2.00 | [37.03, 46.97] | 1.0 | — |",
+        "| SimKD | KL divergence | 0.05 | 3/3 | complete | 52.00 ± 2.00 | 49.00 ± 2.00 | [47.03, 56.97] | 1.0 | — |",
+        "| Using ground truth labels | L2 loss | 0.05 | 3/3 | complete | 47.00 ± 2.00 | 44.00 ± 2.00 | [42.03, 51.97] "
+        "| 1.0 | 25.0% |",
+        "| Using ground truth labels | KL divergence | 0.05 | 3/3 | complete | 37.00 ± 2.00 | 34.00 ± 2.00 "
+        "| [32.03, 41.97] | 1.0 | 25.0% |",
+    ]
+    assert _table(md, "| Variant | Loss | lr | feat |") == [  # the last epoch's loss part; the mask's mean
+        "| SimKD | L2 loss | 0.05 | 0.5 | — |",
+        "| SimKD | KL divergence | 0.05 | 0.5 | — |",
+        "| Using ground truth labels | L2 loss | 0.05 | 0.5 | 0.25 |",
+        "| Using ground truth labels | KL divergence | 0.05 | 0.5 | 0.25 |",
+    ]
+    assert _table(md, "| Projector type | Distillation Loss | Learning rate (best) | Test acc | Δ vs in-sweep |")[1:] == [
+        "| SimKD | KL divergence | 0.05 | 52.00 ± 2.00 | +10.00 | 0.004 |",  # Welch t = 6.12, 4 df
+        "| Using ground truth labels | L2 loss | 0.05 | 47.00 ± 2.00 | +5.00 | 0.038 |",
+        "| Using ground truth labels | KL divergence | 0.05 | 37.00 ± 2.00 | -5.00 | 0.038 |",
+    ]
+    assert "- **Using ground truth labels** (`labels`): gate=teacher_correct\n" in md
+    assert "Every variant: kind=simkd, taps=last, " in md
+    assert "- Teacher: resnet8 (`resnet8`), checkpoint `" + teacher + "`, test accuracy 55.00%" in md
+    epochs = pd.read_parquet(root / "epochs.parquet")
+    assert len(epochs) == 24 and list(epochs.columns[:6]) == ["student_id", "variant", "loss", "lr", "seed", "epoch"]
+    assert {"train_loss_feat", "masked_frac"} <= set(epochs.columns)
+    assert (root / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from kdsweep.errors import UserError
 from kdsweep.space import SpaceError, load_space
+from helpers import write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -80,12 +82,6 @@ def test_overrides_on_the_command_line_are_validated_like_the_file():
         load_space(SPACES / "full_grid.yaml", ["bad"])
 
 
-def write(tmp_path, text: str) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    return path
-
-
 VALID = """
 experiment: t
 teacher: {arch: resnet8x4, train: {epochs: 1}}
@@ -101,11 +97,11 @@ baseline: {variant: simkd, accuracy: 75.43}
 
 
 def test_include_exclude_and_knob_axes(tmp_path):
-    space = load_space(write(tmp_path, VALID + "exclude: [{variant: multi, lr: 0.05}]\n"))
+    space = load_space(write_space(tmp_path, VALID + "exclude: [{variant: multi, lr: 0.05}]\n"))
     assert len(space.runs) == 6
-    space = load_space(write(tmp_path, VALID + "include: [{seed: 0}]\n"))
+    space = load_space(write_space(tmp_path, VALID + "include: [{seed: 0}]\n"))
     assert {r.seed for r in space.runs} == {0} and len(space.runs) == 4
-    space = load_space(write(tmp_path, VALID.replace("seed: [0, 1]}", "seed: [0], temperature: [2.0, 4.0]}")))
+    space = load_space(write_space(tmp_path, VALID.replace("seed: [0, 1]}", "seed: [0], temperature: [2.0, 4.0]}")))
     assert sorted({r.method.temperature for r in space.runs}) == [2.0, 4.0] and len(space.runs) == 8
 
 
@@ -113,7 +109,7 @@ def test_every_problem_of_a_file_is_reported_with_its_key_path(tmp_path):
     bad = VALID.replace("lr: [0.01, 0.05]", "lr: [-0.01, '0.05']").replace("epochs: 2}", "epochs: 2, epoch: 3}")
     bad = bad.replace("arch: resnet8}", "arch: resnet32x8}")
     with pytest.raises(SpaceError) as err:
-        load_space(write(tmp_path, bad))
+        load_space(write_space(tmp_path, bad))
     text = str(err.value)
     assert f"search space {tmp_path / 'space.yaml'} is invalid (4 problems)" in text
     assert "axes.lr[0]: Input should be greater than 0; got -0.01" in text
@@ -127,7 +123,7 @@ def test_schema_and_cross_section_problems_are_reported_together(tmp_path):
     bad = bad.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [5]}")
     bad += "overrides: [{when: {seed: 0, loss: l2}, set: {temperature: 2.0}}]\n"
     with pytest.raises(SpaceError) as err:
-        load_space(write(tmp_path, bad))
+        load_space(write_space(tmp_path, bad))
     text = str(err.value)
     assert "(3 problems)" in text
     assert "axes.lr[0]: Input should be greater than 0; got 0" in text  # the schema's
@@ -136,7 +132,7 @@ def test_schema_and_cross_section_problems_are_reported_together(tmp_path):
     # `overrides` needs the axes, which did not validate: its rule is checked once they do
     fixed = bad.replace("lr: [0]", "lr: [0.01]").replace("variant: simdk,", "variant: simkd,")
     with pytest.raises(SpaceError) as err:
-        load_space(write(tmp_path, fixed.replace("milestones: [5]", "milestones: [1]")))
+        load_space(write_space(tmp_path, fixed.replace("milestones: [5]", "milestones: [1]")))
     assert "overrides[0].when.seed: overrides set knobs per cell and every seed of a cell trains with the same knobs" \
         in str(err.value) and "(1 problem)" in str(err.value)
 
@@ -145,7 +141,7 @@ def test_cross_section_problems(tmp_path):
     bad = VALID.replace("variant: simkd,", "variant: simdk,") + "exclude: [{variant: multy}]\n"
     bad = bad.replace("multi: {title: Multi, method: {taps: multi}}", "multi: {title: Multi, method: {loss: kl}}")
     with pytest.raises(SpaceError) as err:
-        load_space(write(tmp_path, bad))
+        load_space(write_space(tmp_path, bad))
     text = str(err.value)
     assert "baseline.variant: unknown variant 'simdk' (did you mean 'simkd'?)" in text
     assert "exclude[0].variant: 'multy' is not a value of variant" in text
@@ -159,19 +155,21 @@ def test_cross_section_problems(tmp_path):
     ("variants:\n  a: {title: A}\n  a: {title: B}\n", "duplicate key 'a' (first at line 2)"),
 ])
 def test_unreadable_documents(tmp_path, text, expected):
-    with pytest.raises(Exception) as err:
-        load_space(write(tmp_path, text))
-    assert expected in str(err.value)
+    path = write_space(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_space(path)
+    assert expected in str(err.value) and str(path) in str(err.value)
+    assert err.value.exit_code == 2
 
 
 def test_rules_that_remove_every_cell(tmp_path):
     with pytest.raises(SpaceError, match="these rules remove every cell"):
-        load_space(write(tmp_path, VALID + "include: [{seed: 0}]\nexclude: [{seed: 0}]\n"))
+        load_space(write_space(tmp_path, VALID + "include: [{seed: 0}]\nexclude: [{seed: 0}]\n"))
 
 
 def test_milestones_past_the_end_are_refused(tmp_path):
     with pytest.raises(SpaceError) as err:
-        load_space(write(tmp_path, VALID.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [1, 150]}")))
+        load_space(write_space(tmp_path, VALID.replace("recipe: {epochs: 2}", "recipe: {epochs: 2, milestones: [1, 150]}")))
     assert "recipe.milestones: [150] not below recipe.epochs (2), so they would never take effect" in str(err.value)
 
 
@@ -194,7 +192,7 @@ def test_a_teacher_trained_in_the_experiment_keeps_its_weights_when_students_do_
     from kdsweep.storage import Store
     from kdsweep.sweep.plan import plan_groups
 
-    space = load_space(write(tmp_path, VALID + f"execution: {{save_final: false}}\nstorage: {tmp_path}\n"))
+    space = load_space(write_space(tmp_path, VALID + f"execution: {{save_final: false}}\nstorage: {tmp_path}\n"))
     store = Store(space.root)
     (teacher_group,) = plan_groups(space, [space.teacher.training_run], store, 1, teacher=False)
     assert teacher_group.save_final is True

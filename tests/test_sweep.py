@@ -1,7 +1,8 @@
 """`kdsweep run` through real Ray Tune: results on disk, resume, retries, refusals.
 
 In-process tests share one session-scoped local Ray; the kill tests start `kdsweep run` as a subprocess with its
-own embedded Ray in a new session, and stop exactly that session's processes.
+own embedded Ray in a new session, and stop exactly that session's processes. Those are marked slow; the refusals
+that come before Ray starts and the ETA's arithmetic run in the fast suite.
 """
 
 import hashlib
@@ -24,17 +25,10 @@ from kdsweep.sweep.driver import run_sweep
 from kdsweep.sweep.lock import LOCK_NAME, ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records, resume_epoch
 from kdsweep.sweep.results import trials_frame
-from helpers import save_teacher, tiny_space
+from helpers import history_key, save_teacher, tiny_space, write_space
 from processes import kill_session, session_pids, start, stop_inside_a_write, wait_for
 
-pytestmark = pytest.mark.slow
 KILL_ATTEMPTS = 5  # runs of the driver in which a kill must land inside a given write (each try is a few seconds)
-
-
-def write_space(tmp_path, text, name="space.yaml"):
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def progress_bytes(root, space):
@@ -43,6 +37,7 @@ def progress_bytes(root, space):
             if store.exists(f"runs/{r.run_id}/progress.json")}
 
 
+@pytest.mark.slow
 def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session, tmp_path, capsys):
     path = write_space(tmp_path, tiny_space(tmp_path / "results"))
     space = load_space(path)
@@ -120,6 +115,7 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     assert len(trials) == 12 and list(trials.status.unique()) == ["completed"]
 
 
+@pytest.mark.slow
 def test_a_resource_request_no_node_can_satisfy_fails_at_once(ray_session, tmp_path):
     teacher = save_teacher(tmp_path / "t.pth")
     path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=teacher).replace("cpu: 1, gpu: 0", "cpu: 64"))
@@ -142,13 +138,13 @@ def reference_histories(space, tmp_path):
     if space.teacher.training_run is not None:
         (teacher_group,) = plan_groups(space, [space.teacher.training_run], Store(str(reference)), 1, teacher=False)
         (rec,) = run_group(replace(teacher_group, storage=str(reference)))
-        histories[rec["run_id"]] = [(e["epoch"], e["test_acc"], e["train_loss"]) for e in rec["history"]]
+        histories[rec["run_id"]] = history_key(rec["history"])
         teacher = TeacherSpec(teacher.arch, str(reference / "runs" / rec["run_id"] / "final.pt"))
     for seed in sorted({r.seed for r in space.runs}):
         runs = [r for r in space.runs if r.seed == seed]
         (group,) = plan_groups(space, runs, Store(str(reference)), max_students=len(runs))
         for rec in run_group(replace(group, storage=str(reference), teacher=teacher)):
-            histories[rec["run_id"]] = [(e["epoch"], e["test_acc"], e["train_loss"]) for e in rec["history"]]
+            histories[rec["run_id"]] = history_key(rec["history"])
     return histories
 
 
@@ -166,9 +162,10 @@ def tune_pointer_epochs(root, group_id) -> dict[str, int]:
 
 def stored_histories(root, run_ids):
     records = read_records(Store(str(root)), run_ids)
-    return {k: [(e["epoch"], e["test_acc"], e["train_loss"]) for e in r.history] for k, r in records.items()}
+    return {k: history_key(r.history) for k, r in records.items()}
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(tmp_path):
     """The driver SIGKILLed during teacher training, then mid-sweep; then a trial's worker SIGKILLed inside a sweep,
     just after its trial reported a Tune checkpoint: Tune retries the trial from that checkpoint.
@@ -333,6 +330,7 @@ def test_the_eta_is_the_time_left_at_the_sweeps_rate_so_far():
     assert summary.line(40.0, 160.0).endswith("4/12 student-epochs, elapsed 40s, ETA 2m40s")
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_work_and_the_same_command_resumes_it(tmp_path):
     """SIGINT (Ctrl-C) to the driver: Tune stops the trials, the tables are exported, the lock is released, the
     exit code is 130 with a resume hint, no process of the run is left; the same command then finishes the rest."""
@@ -366,6 +364,7 @@ def test_ctrl_c_keeps_the_work_and_the_same_command_resumes_it(tmp_path):
     assert {k: r.resumed_from[0] for k, r in records.items()} == stopped_at
 
 
+@pytest.mark.slow
 def test_a_driver_killed_while_exporting_the_tables_loses_nothing(tmp_path):
     """SIGKILL lands inside the final export of trials.parquet: the previous export stays readable, the records are
     intact, and the same command then ends with the complete table and no debris."""
