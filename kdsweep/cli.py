@@ -192,6 +192,10 @@ def cmd_train(args) -> int:
     from kdsweep.single import TrainRequest, parse_data_options, parse_knobs, parse_recipe, train
     from kdsweep.storage import absolute_location
 
+    from kdsweep.engine.recipe import MAX_SEED
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed: expected an integer from 0 to {MAX_SEED}, got {args.seed}.")
     plugins = tuple(absolute_location(p) for p in args.plugin)
     data = parse_data_options(args.dataset, parse_knobs(args.data, "--data", "image_size=64"), args.data_root,
                               args.download, plugins)

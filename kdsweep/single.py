@@ -6,6 +6,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import yaml
+
 from kdsweep import typed_config
 from kdsweep.data import DataSpec, dataset_class, dataset_problems, parse_dataset
 from kdsweep.engine import EpochReport, GroupSpec, Recipe, RunSpec, TeacherSpec, run_group
@@ -16,7 +18,7 @@ from kdsweep.methods import load_plugins, method_problems, parse_method
 from kdsweep.models import feature_info
 from kdsweep.storage import absolute_location
 from kdsweep.typed_config import knob_names
-from kdsweep.yamlsafe import parse_value
+from kdsweep.yamlsafe import excerpt, parse_value, yaml_problem
 
 
 @dataclass
@@ -48,7 +50,10 @@ def parse_knobs(items: list[str], flag: str, example: str) -> dict:
         if not sep or not key:
             raise UserError(f"{flag} {item}: expected KNOB=VALUE, e.g. {flag} {example} (`kdsweep methods` and "
                             f"`kdsweep datasets` list every method and dataset with its knobs).")
-        knobs[key] = parse_value(text)
+        try:
+            knobs[key] = parse_value(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{flag} {key}: the value {excerpt(text)} is not valid YAML: {yaml_problem(err)}.") from None
     return knobs
 
 

@@ -22,6 +22,22 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
+# Object stores kdsweep reads and writes through pyarrow.fs (credentials come from the environment, as pyarrow
+# reads them). Anything else with a scheme is refused when the space is validated, not inside a trial.
+URI_SCHEMES = ("s3", "gs", "gcs", "file")  # file://: a local folder through the same object-store code
+
+
+def location_problem(location: str) -> str | None:
+    """Why `location` cannot be an experiment's storage or a teacher checkpoint, or None when it can."""
+    if not is_uri(location):
+        return None
+    scheme = location.split("://", 1)[0]
+    if scheme.lower() in URI_SCHEMES:
+        return None
+    return (f"unsupported scheme '{scheme}://'; use a local path (one every node sees, on a cluster) or a URI "
+            f"starting with {', '.join(s + '://' for s in URI_SCHEMES)}")
+
+
 def absolute_location(location: str, base: Path | None = None) -> str:
     """A URI unchanged, a local path made absolute (relative to `base`, else the working directory)."""
     if is_uri(location):
@@ -38,7 +54,13 @@ class Store:
         if is_uri(self.root):
             import pyarrow.fs as pafs
 
-            self._fs, self._base = pafs.FileSystem.from_uri(self.root)
+            problem = location_problem(self.root)
+            if problem:
+                raise UserError(f"storage {self.root}: {problem}.")
+            try:
+                self._fs, self._base = pafs.FileSystem.from_uri(self.root)
+            except (OSError, ValueError) as err:  # pyarrow.lib.ArrowInvalid is a ValueError
+                raise UserError(f"cannot open storage {self.root}: {str(err).strip().splitlines()[0]}.") from None
         else:
             self._fs, self._base = None, self.root
 

@@ -46,6 +46,14 @@ EXPECTED = {
                                 "axes.seed[2]: Input should be a valid integer; got True"],
     "milestones_past_epochs.yaml": ["recipe.milestones: [150, 180, 210] not below recipe.epochs (2), so they would "
                                     "never take effect; omit `milestones` to scale"],
+    "seed_out_of_range.yaml": ["axes.seed[1]: Input should be less than or equal to 4294967295; "
+                               "got 18446744073709551616", "axes.seed[2]: Input should be greater than or equal to 0"],
+    # Hostile documents: refused while composing, before any value is built or printed.
+    "alias_bomb.yaml": ["is refused at line 16, column 5: more than 20,000 values once its aliases are expanded"],
+    "alias_loop.yaml": ["is refused at line 11, column 7: an alias refers to the value that contains it"],
+    "deep_nesting.yaml": ["is refused at line 12, column 45: nested deeper than 32 levels of lists and mappings"],
+    "unsupported_scheme.yaml": ["teacher.checkpoint: unsupported scheme 'http://'; use a local path (one every node "
+                                "sees, on a cluster) or a URI starting with s3://, gs://, gcs://, file://"],
     "python_tag.yaml": ["could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"],
     # Valid files that `kdsweep run` must still refuse before anything starts:
     "gpu_without_gpu.yaml": ["resources.gpu is 1 but this machine has no usable CUDA GPU", "--set resources.gpu=0"],
@@ -100,11 +108,16 @@ def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
     junk.write_bytes(b"\x00\x01 definitely not a checkpoint")
     evil = tmp_path / "evil.pth"
     torch.save({"model": RunsCode(tmp_path / "checkpoint-pwned")}, evil)
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)  # opened for reading, it would block the driver until someone writes
     expected = {
         str(tmp_path / "missing.pth"): "teacher checkpoint {} does not exist",
         wrong_arch: "teacher.checkpoint {} does not match teacher.arch 'resnet8' with 10 classes: ",
         str(junk): "teacher checkpoint {} is not a PyTorch checkpoint",
         str(evil): "teacher checkpoint {} was refused: it is not a plain weights file",
+        "/dev/zero": "teacher checkpoint {} is a device, not a regular file",  # read, it would never end
+        str(fifo): "teacher checkpoint {} is a FIFO, not a regular file",
+        str(tmp_path): "teacher checkpoint {} is a directory, not a regular file",
     }
     spaces = []
     for i, checkpoint in enumerate(expected):
@@ -153,3 +166,45 @@ def test_a_partial_or_truncated_dataset_is_refused_before_ray_starts(tmp_path):
     assert "cifar-100-python/train, test and meta" in missing  # the layout expected
     assert f"{space}: dataset.root: " in cut and str(train) in cut, cut
     assert not (tmp_path / "out").exists()
+
+
+def test_huge_documents_and_values_are_refused_with_a_short_message(tmp_path):
+    """What a file in the corpus would be too big for: a 200,000-element list, a 2 MB file, and 500 levels of
+    nesting in a --set value. Each is exit 2 with a message of a few lines that quotes at most an excerpt."""
+    space = CORPUS.parent.parent / "search_spaces" / "smoke.yaml"
+    huge_list = tmp_path / "huge_list.yaml"
+    huge_list.write_text(space.read_text() + "description: [" + ", ".join(["x"] * 200_000) + "]\n")
+    too_long = tmp_path / "too_long.yaml"
+    too_long.write_text(space.read_text() + "description: " + "x" * 2_000_000 + "\n")
+    deep = "[" * 500 + "]" * 500
+    cases = [["validate", str(huge_list)], ["validate", str(too_long)],
+             ["validate", str(space), "--set", f"axes.seed={deep}"],
+             ["train", "--student", "resnet8", "--method", f"kind={deep}"]]
+    result = run_cases(cases, tmp_path)
+    expected = [f"search space {huge_list} is refused at line ", "more than 20,000 values. kdsweep reads at most",
+                f"search space {too_long} is refused: 2,001,",
+                "--set axes.seed: the value '[[[[", "... (1,000 characters) is not valid YAML: nested deeper than 32",
+                "--method kind: the value '[[[[", "... (1,000 characters) is not valid YAML: nested deeper than 32"]
+    messages = [case["stderr"] for case in result["cases"]]
+    for case, message in zip(cases, messages):
+        assert message.startswith("kdsweep: error: ") and "Traceback" not in message, (case, message)
+        assert len(message) < 800, (case[:2], len(message))
+    assert [case["code"] for case in result["cases"]] == [2] * 4
+    text = "\n".join(messages)
+    for fragment in expected:
+        assert fragment in text, (fragment, messages)
+
+
+def test_storage_on_an_unsupported_scheme_is_refused_by_every_command(tmp_path):
+    """validate, run, status and report name the scheme (pyarrow would fail with a traceback inside the trials)."""
+    space = str(CORPUS.parent.parent / "search_spaces" / "smoke.yaml")
+    cases = [["validate", space, "--set", "storage=hdfs://namenode/kd"], ["run", space, "--set", "storage=foo://x"],
+             ["status", "foo://bucket/exp"], ["report", "http://example.invalid/exp"]]
+    result = run_cases(cases, tmp_path)
+    assert not result["ray_imported"] and [case["code"] for case in result["cases"]] == [2] * 4
+    messages = [case["stderr"] for case in result["cases"]]
+    assert "  - storage: unsupported scheme 'hdfs://'; use a local path" in messages[0]
+    assert "  - storage: unsupported scheme 'foo://'" in messages[1]
+    assert messages[2].startswith("kdsweep: error: storage foo://bucket/exp: unsupported scheme 'foo://'")
+    assert messages[3].startswith("kdsweep: error: storage http://example.invalid/exp: unsupported scheme 'http://'")
+    assert not any("Traceback" in m for m in messages)

@@ -197,3 +197,14 @@ def test_a_teacher_trained_in_the_experiment_keeps_its_weights_when_students_do_
     (teacher_group,) = plan_groups(space, [space.teacher.training_run], store, 1, teacher=False)
     assert teacher_group.save_final is True
     assert {g.save_final for g in plan_groups(space, space.runs, store, 8)} == {False}
+
+
+def test_numbers_with_an_exponent_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads `5e-2` as a string; the space reads it as the number people mean, in the file and in
+    # --set, and a plain integer stays an integer.
+    text = VALID.replace("lr: [0.01, 0.05]", "lr: [1e-2, 5E-2]").replace("recipe: {epochs: 2}",
+                                                                          "recipe: {epochs: 2, weight_decay: 5e-4}")
+    space = load_space(write_space(tmp_path, text), ["teacher.train.lr=1e-1"])
+    assert sorted({r.lr for r in space.runs}) == [0.01, 0.05]
+    assert space.runs[0].recipe.weight_decay == 0.0005 and space.teacher.training_run.lr == 0.1
+    assert [r.seed for r in space.runs][:2] == [0, 1] and all(type(r.seed) is int for r in space.runs)

@@ -55,12 +55,17 @@ class Recipe:
         return typed_config.from_record(cls, record)
 
 
+# Seeds are unsigned 32-bit integers, the range numpy and most seeding APIs take (torch.manual_seed takes 64 bits,
+# but trials.parquet stores seeds as int64): larger ones would validate and then fail inside every trial.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class TeacherRecipe(Recipe):
     """`teacher.train`: the teacher trained inside the experiment with plain cross-entropy, at its own lr and seed."""
 
     lr: float = knob(0.05, gt=0, doc="the teacher's learning rate")
-    seed: int = knob(0, doc="the teacher's seed")
+    seed: int = knob(0, ge=0, le=MAX_SEED, doc="the teacher's seed")
 
     def recipe(self) -> Recipe:
         return Recipe(**{k: getattr(self, k) for k in typed_config.knob_names(Recipe)})

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 
 import torch
 
 from kdsweep.engine.checkpoint import from_bytes, sha256
 from kdsweep.errors import UserError
 from kdsweep.models import FeatureModel, create_model
-from kdsweep.storage import Store
+from kdsweep.storage import Store, is_uri
 
 _MAX_LISTED = 5
 
 
+# The largest teacher file read: CIFAR teachers are 1-30 MB, an ImageNet ResNet-50 ~100 MB. Bounds what a wrong path
+# (a disk image, /dev/zero) can make kdsweep read into memory.
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+
+
 def read_checkpoint_bytes(location: str) -> bytes:
+    if not is_uri(location):
+        _check_local_checkpoint(location)
     parent, _, name = location.rstrip("/").rpartition("/")
     store = Store(parent or "/")
     if not store.exists(name):
@@ -24,6 +33,25 @@ def read_checkpoint_bytes(location: str) -> bytes:
             f"`teacher.train` section so that kdsweep trains the teacher."
         )
     return store.read_bytes(name)
+
+
+def _check_local_checkpoint(location: str) -> None:
+    """A local teacher checkpoint must be a regular file of at most MAX_CHECKPOINT_BYTES: a device would be read
+    without end and a FIFO would block the driver. Checked with stat, which neither reads nor blocks."""
+    try:
+        info = os.stat(location)
+    except FileNotFoundError:
+        return  # read_checkpoint_bytes names the missing file
+    except OSError as err:
+        raise UserError(f"teacher checkpoint {location} cannot be read: {err.strerror}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
+        raise UserError(f"teacher checkpoint {location} is {kind}, not a regular file. Point `teacher.checkpoint` "
+                        f"at a file written by torch.save.")
+    if info.st_size > MAX_CHECKPOINT_BYTES:
+        raise UserError(f"teacher checkpoint {location} is {info.st_size / 2**30:.1f} GiB, over the "
+                        f"{MAX_CHECKPOINT_BYTES // 2**30} GiB kdsweep reads for a teacher: is it the right file?")
 
 
 def state_dict_from_checkpoint(data: bytes, location: str) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ from kdsweep.space.checks import cross_section_problems
 from kdsweep.space.expand import Space, configuration_problems, data_spec, expand_runs, teacher_plan
 from kdsweep.ids import is_resolved, teacher_identity
 from kdsweep.space.schema import SpaceFile
-from kdsweep.yamlsafe import load_yaml, parse_value
+from kdsweep.yamlsafe import (MAX_CHARACTERS, MAX_DEPTH, MAX_VALUES, LimitExceeded, excerpt, load_yaml, parse_value,
+                              yaml_problem)
 from kdsweep.storage import absolute_location
 
 
@@ -81,7 +82,13 @@ def parse_document(source: str, text: str | None = None) -> dict:
         mark = getattr(err, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = yaml_problem(err)
+        if isinstance(err, LimitExceeded):
+            raise UserError(
+                f"search space {source} is refused{where}: {problem}. kdsweep reads at most {MAX_VALUES:,} values "
+                f"(aliases expanded), {MAX_DEPTH} levels deep, in {MAX_CHARACTERS:,} characters; a search space "
+                f"needs a few hundred values."
+            ) from None
         raise UserError(
             f"search space {source} is not valid YAML{where}: {problem}. Expected a YAML mapping with "
             f"`experiment`, `teacher`, `student`, `dataset`, `variants` and `axes` (see search_spaces/smoke.yaml)."
@@ -109,8 +116,8 @@ def apply_overrides(source: str, raw: dict, overrides: list[str]) -> dict:
             continue
         try:
             value = parse_value(text)
-        except yaml.YAMLError:
-            problems.append((f"--set {item}", f"the value {text!r} is not valid YAML"))
+        except yaml.YAMLError as err:
+            problems.append((f"--set {key}", f"the value {excerpt(text)} is not valid YAML: {yaml_problem(err)}"))
             continue
         node = raw
         parts = key.split(".")

@@ -10,9 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from kdsweep.engine.recipe import MAX_SEED
 from kdsweep.errors import unknown_name
 
 from kdsweep.models import list_models
+from kdsweep.storage import location_problem
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -56,6 +58,14 @@ class TeacherSection(Strict):
 
     _arch = field_validator("arch")(_known_model)
 
+    @field_validator("checkpoint")
+    @classmethod
+    def _supported_location(cls, location: str | None) -> str | None:
+        problem = location and location_problem(location)
+        if problem:
+            raise ValueError(problem)
+        return location
+
     @model_validator(mode="after")
     def _one_source(self):
         if (self.checkpoint is None) == (self.train is None):
@@ -88,7 +98,7 @@ class Axes(BaseModel):
 
     loss: Annotated[list[Scalar], Field(min_length=1)] | None = None
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
-    seed: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    seed: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)]
 
     def knob_axes(self) -> dict[str, list]:
         """The axes beyond loss, lr and seed."""
@@ -160,3 +170,11 @@ class SpaceFile(Strict):
     storage: str = "results"  # experiments live in <storage>/<experiment>; a path or s3:// gs:// URI
     execution: ExecutionSection = ExecutionSection()
     report: ReportSection = ReportSection()
+
+    @field_validator("storage")
+    @classmethod
+    def _supported_storage(cls, location: str) -> str:
+        problem = location_problem(location)
+        if problem:
+            raise ValueError(problem)
+        return location
