@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,8 +128,18 @@ def test_a_finished_run_is_not_trained_again(grouped, teacher):
     assert before == {r.run_id: store.read_bytes(f"runs/{r.run_id}/progress.json") for r in VARIANTS}
 
 
-def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(grouped, tmp_path, teacher):
-    storage, _ = grouped
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])  # as by a crash mid-write on a careless filesystem
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_truncate, "is corrupted or truncated"),
+    (lambda path: Path(f"{path}.sha256").write_bytes(b""), "has a damaged checksum file"),
+    (lambda path: Path(f"{path}.sha256").write_bytes(b"\xff\xfe\x00 not utf-8"), "has a damaged checksum file"),
+    (lambda path: Path(f"{path}.sha256").write_text("[]\n"), "has a damaged checksum file"),
+], ids=["truncated", "empty-checksum", "binary-checksum", "json-checksum"])
+def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path, teacher, damage, problem):
+    # The checksum file is part of the checkpoint: damaged, it makes its checkpoint damaged, never the run.
     run = VARIANTS[0]
     spec = group_spec([run_spec(run.run_id, epochs=3)], tmp_path, teacher)
 
@@ -139,13 +150,25 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(grouped, tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_group(spec, on_epoch=stop_after_two)
     newest = tmp_path / "runs" / run.run_id / "checkpoints" / "epoch-0002.pt"
-    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-write on a careless filesystem
-    with pytest.warns(UserWarning, match=f"checkpoint {newest} is corrupted or truncated"):
+    damage(newest)
+    with pytest.warns(UserWarning, match=f"checkpoint {newest} {problem}"):
         records = run_group(spec)
     assert records[0]["resumed_from"] == [1]
     reference = tmp_path / "reference"
     run_group(group_spec([run_spec(run.run_id, epochs=3)], reference, teacher))
     assert_same_run(reference, tmp_path, run.run_id)
+
+
+@pytest.mark.parametrize("damage", [b"", b"{\"sha256\": ", b"[]", b'{"sha256": "x", "test_acc": 101}', b"\xff\xfe"],
+                         ids=["empty", "truncated", "list", "wrong-values", "binary"])
+def test_a_damaged_teacher_record_is_measured_again(tmp_path, teacher, damage):
+    (first,) = run_group(group_spec([run_spec("a", epochs=1)], tmp_path, teacher))
+    (record,) = (tmp_path / "teachers").iterdir()
+    kept = record.read_bytes()
+    record.write_bytes(damage)
+    with pytest.warns(UserWarning, match=f"teacher record {record} is damaged; measuring the teacher's accuracy again"):
+        (second,) = run_group(group_spec([run_spec("b", epochs=1)], tmp_path, teacher))
+    assert second["teacher_acc"] == first["teacher_acc"] and record.read_bytes() == kept
 
 
 def test_divergence_stops_one_student_and_its_group_mates_carry_on(tmp_path, teacher):

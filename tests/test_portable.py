@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -224,3 +225,56 @@ def test_a_sweep_under_umask_027_leaves_no_file_others_can_read_and_none_the_gro
     wrong = {p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in ours
              if stat.S_IMODE(p.stat().st_mode) != 0o640}
     assert wrong == {}
+
+
+# --- Damaged records -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_damaged_run_records_are_rebuilt_from_their_checkpoints(ray_session, tmp_path, capsys):
+    """progress.json truncated, emptied, a JSON list, or with fields of the wrong type, and the manifest a JSON
+    list: `status` and `report` answer (each record as the run's newest good checkpoint has it), `run` repairs the
+    files without training them again; a damaged record with no checkpoint left trains again. The tables end as
+    they were."""
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", teacher=save_teacher(tmp_path / "t.pth"), seeds=(0,)))
+    assert cli(capsys, "run", str(path), "--no-report")[0] == 0
+    root = tmp_path / "results" / "tiny"
+    trials = pd.read_parquet(root / "trials.parquet")
+    folders = sorted(run_records(root))
+    damages = [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"[]",
+               lambda b: json.dumps({**json.loads(b), "status": "bogus", "epochs_done": "x"}).encode()]
+    for folder, damage in zip(folders, damages):
+        record = root / "runs" / folder / "progress.json"
+        record.write_bytes(damage(record.read_bytes()))
+    (root / "manifest.json").write_bytes(b"[]")
+    lost = root / "runs" / folders[0] / "checkpoints"
+    shutil.rmtree(lost)  # this run's record cannot be rebuilt: it trains again
+
+    with warnings.catch_warnings(record=True) as caught:  # what the CLI prints as "kdsweep: warning: ..."
+        warnings.simplefilter("always")
+        rc, out, _ = cli(capsys, "status", str(root))
+    err = "\n".join(str(w.message) for w in caught)
+    assert rc == 0 and "3/4 students done, 0 running, 1 pending" in out, out + err
+    assert f"run record {root}/runs/{folders[0]}/progress.json is not JSON (" in err
+    assert "the run has no good checkpoint, so it trains again from the start" in err
+    assert f"run record {root}/runs/{folders[1]}/progress.json is not JSON (" in err
+    assert f"run record {root}/runs/{folders[2]}/progress.json holds a JSON list, not an object" in err
+    assert f"run record {root}/runs/{folders[3]}/progress.json has `epochs_done`: \"x\", expected int" in err
+    assert err.count("; rebuilt from its checkpoint after epoch 2") == 3 and "Traceback" not in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = cli(capsys, "report", str(root))
+    assert rc == 0 and "Traceback" not in err, err
+    assert f"manifest {root}/manifest.json holds a JSON list without a `teacher` object; it is rebuilt" in "\n".join(
+        str(w.message) for w in caught)
+
+    rc, out, err = cli(capsys, "run", str(path), "--no-report")
+    assert rc == 0 and "4 runs, 3 already finished, 1 to train" in out, out + err
+    assert all(json.loads(b)["status"] == "completed" for b in run_records(root).values())  # repaired on disk
+    assert json.loads((root / "manifest.json").read_text())["experiment"] == "tiny"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli(capsys, "status", str(root))[0] == 0
+    assert not [w for w in caught if "run record" in str(w.message)]  # reported once, then repaired
+    after = pd.read_parquet(root / "trials.parquet")
+    columns = ["student_id", "status", "epochs_done", "best_acc", "best_epoch", "last_acc"]
+    pd.testing.assert_frame_equal(after[columns], trials[columns])  # retrained deterministically, the others kept

@@ -66,7 +66,9 @@ class CheckpointDir:
     def _try_load(self, name: str, map_location):
         if not self.store.exists(f"{name}.sha256"):
             return "has no checksum file (it was being written when the process stopped)", None
-        expected = self.store.read_bytes(f"{name}.sha256").decode().split()[0]
+        expected = _recorded_digest(self.store.read_bytes(f"{name}.sha256"))
+        if expected is None:  # a damaged checksum file makes its checkpoint unverifiable: a damaged checkpoint
+            return "has a damaged checksum file (not `<64 hex digits>  <name>`)", None
         data = self.store.read_bytes(name) if self.store.exists(name) else b""
         if sha256(data) != expected:
             return "is corrupted or truncated (checksum mismatch)", None
@@ -78,3 +80,10 @@ class CheckpointDir:
     def _epochs(self) -> list[int]:
         found = (_NAME.match(n) for n in self.store.list(self.folder))
         return sorted(int(m.group(1)) for m in found if m)
+
+
+def _recorded_digest(content: bytes) -> str | None:
+    """The SHA-256 a `.sha256` file records (`<64 hex digits>  <name>`, as sha256sum writes), None when damaged."""
+    words = content.decode("ascii", errors="replace").split()
+    digest = words[0].lower() if words else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None

@@ -8,6 +8,7 @@ after an interruption); a student simply sits out the epochs it has already done
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -180,13 +181,26 @@ def _summary(t: StudentTrainer) -> dict:
             "checkpoint": r.checkpoint}
 
 
+def _stored_teacher_accuracy(store: Store, name: str, sha: str) -> float | None:
+    if not store.exists(name):
+        return None
+    try:
+        stored = json.loads(store.read_bytes(name))
+        acc = stored["test_acc"]
+        if stored["sha256"] == sha and isinstance(acc, (int, float)) and 0.0 <= acc <= 100.0:
+            return float(acc)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        pass
+    warnings.warn(f"teacher record {store.location(name)} is damaged; measuring the teacher's accuracy again")
+    return None
+
+
 def measure_teacher_accuracy(teacher: FeatureModel, sha: str, inputs: torch.Tensor, labels: torch.Tensor,
                              store: Store, expected: float | None) -> float:
     """The teacher's test accuracy, measured once per checkpoint and stored under `teachers/<sha>.json`."""
     name = f"teachers/{sha[:16]}.json"
-    if store.exists(name):
-        acc = store.read_json(name)["test_acc"]
-    else:
+    acc = _stored_teacher_accuracy(store, name, sha)
+    if acc is None:  # never measured, or the stored measurement is damaged: measure again (a few seconds)
         acc = accuracy(teacher, inputs, labels)
         store.write_json(name, {"sha256": sha, "test_acc": acc, "test_images": int(labels.shape[0])})
     if expected is not None and acc < expected - ACCURACY_WARNING_POINTS:

@@ -17,6 +17,7 @@ from torch import nn
 from kdsweep.engine.checkpoint import CheckpointDir, to_bytes
 from kdsweep.engine.evaluate import accuracy
 from kdsweep.engine.fastpath import FastPath, compiled
+from kdsweep.engine.record_file import RECORD, record_problem
 from kdsweep.engine.records import RunRecord
 from kdsweep.engine.specs import RunSpec
 from kdsweep.methods import Method, StepContext, TeacherTargets, build_method
@@ -117,9 +118,10 @@ class StudentTrainer:
         """Continue from the newest good checkpoint, if any. A finished run's record is loaded as is."""
         for folder in (self.folder, self.checkpoints.folder):  # what a kill mid-write left behind
             self.store.delete_unfinished_writes(folder)
-        if self.store.exists(f"{self.folder}/progress.json"):
-            stored = RunRecord.from_dict(self.store.read_json(f"{self.folder}/progress.json"))
-            if stored.finished:
+        if self.store.exists(f"{self.folder}/{RECORD}"):
+            # A damaged record is ignored here: the checkpoint below carries the record as of its epoch.
+            _, stored = record_problem(self.store.read_bytes(f"{self.folder}/{RECORD}"), self.run.run_id)
+            if stored is not None and stored.finished:
                 self.record = stored
                 return
         state = self.checkpoints.load_latest(map_location=self.device)
@@ -233,7 +235,7 @@ class StudentTrainer:
         self.store.write_bytes(f"{self.folder}/final.pt", to_bytes(final))
 
     def write_progress(self) -> None:
-        self.store.write_json(f"{self.folder}/progress.json", self.record.to_dict())
+        self.store.write_json(f"{self.folder}/{RECORD}", self.record.to_dict())
 
     def mark_running(self) -> None:
         self.record.status = "running"

@@ -75,7 +75,7 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
 
         if kd_tune.node_count() > 1:
             kd_tune.verify_shared_storage(store)
-        records = read_records(store, [r.run_id for r in space.runs])
+        records = read_records(store, [r.run_id for r in space.runs], repair=True)  # this driver holds the lock
         todo = pending_runs(space.runs, records)
         kept = set(legacy.values())
         record_identity(space, store, [r for r in space.runs if r.run_id in kept] + todo, legacy)

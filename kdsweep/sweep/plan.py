@@ -6,6 +6,7 @@ import re
 from collections import defaultdict
 
 from kdsweep.engine import FINAL_STATUSES, GroupSpec, RunRecord, RunSpec
+from kdsweep.engine.record_file import read_record
 from kdsweep.space import Space
 from kdsweep.ids import digest
 from kdsweep.storage import Store
@@ -13,13 +14,10 @@ from kdsweep.storage import Store
 _CHECKPOINT = re.compile(r"^epoch-(\d+)\.pt\.sha256$")
 
 
-def read_records(store: Store, run_ids) -> dict[str, RunRecord | None]:
-    """Each run's progress record, None for runs that never started."""
-    out = {}
-    for run_id in run_ids:
-        name = f"runs/{run_id}/progress.json"
-        out[run_id] = RunRecord.from_dict(store.read_json(name)) if store.exists(name) else None
-    return out
+def read_records(store: Store, run_ids, repair: bool = False) -> dict[str, RunRecord | None]:
+    """Each run's progress record, None for runs that never started; a damaged record is rebuilt from the run's
+    checkpoint (engine/record_file.py), and with `repair` written back."""
+    return {run_id: read_record(store, run_id, repair) for run_id in run_ids}
 
 
 def resume_epoch(store: Store, run_id: str) -> int:

@@ -12,7 +12,9 @@ and `kdsweep report` do so), and a crash at any point leaves the last export rea
 from __future__ import annotations
 
 import io
+import json
 import platform
+import warnings
 from collections import Counter
 import subprocess
 import time
@@ -229,7 +231,21 @@ def report_settings(space: Space) -> dict:
 
 
 def read_manifest(store: Store) -> dict:
-    return store.read_json("manifest.json") if store.exists("manifest.json") else {"teacher": {}}
+    """The manifest, or a fresh one when it is missing or damaged: everything in it is rebuilt from the space and
+    the run records by the next export (`kdsweep run` also rewrites versions, times and settings)."""
+    if not store.exists("manifest.json"):
+        return {"teacher": {}}
+    try:
+        manifest = json.loads(store.read_bytes("manifest.json"))
+    except (UnicodeDecodeError, ValueError) as err:
+        problem = f"is not JSON ({getattr(err, 'msg', None) or type(err).__name__})"
+    else:
+        if isinstance(manifest, dict) and isinstance(manifest.get("teacher", {}), dict):
+            return {"teacher": {}, **manifest}
+        problem = f"holds a JSON {type(manifest).__name__} without a `teacher` object"
+    warnings.warn(f"manifest {store.location('manifest.json')} {problem}; it is rebuilt from the space and the "
+                  f"run records")
+    return {"teacher": {}}
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
