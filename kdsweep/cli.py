@@ -189,10 +189,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from kdsweep.engine.recipe import MAX_SEED
     from kdsweep.single import TrainRequest, parse_data_options, parse_knobs, parse_recipe, train
     from kdsweep.storage import absolute_location
-
-    from kdsweep.engine.recipe import MAX_SEED
 
     if not 0 <= args.seed <= MAX_SEED:
         raise UserError(f"--seed: expected an integer from 0 to {MAX_SEED}, got {args.seed}.")

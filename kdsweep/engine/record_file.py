@@ -12,7 +12,6 @@ they can.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 
 from kdsweep.engine.checkpoint import CheckpointDir
@@ -56,8 +55,6 @@ def record_problem(data: bytes, run_id: str) -> tuple[str | None, RunRecord | No
     if not all(isinstance(e, dict) and isinstance(e.get("epoch"), int) and isinstance(e.get("test_acc"), (int, float))
                for e in d.get("history", [])):
         return "has a history entry without an integer `epoch` and a numeric `test_acc`", None
-    if not all(math.isfinite(d[k]) for k in ("best_acc", "last_acc") if isinstance(d.get(k), float)):
-        return "has a best or last accuracy that is not finite", None
     return None, RunRecord.from_dict(d)
 
 

@@ -49,6 +49,13 @@ def _known_model(name: str) -> str:
     return name
 
 
+def _supported_location(location: str | None) -> str | None:
+    problem = location and location_problem(location)
+    if problem:
+        raise ValueError(problem)
+    return location
+
+
 class TeacherSection(Strict):
     arch: str
     checkpoint: str | None = None  # path (relative to the working directory) or URI
@@ -58,13 +65,7 @@ class TeacherSection(Strict):
 
     _arch = field_validator("arch")(_known_model)
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _supported_location(cls, location: str | None) -> str | None:
-        problem = location and location_problem(location)
-        if problem:
-            raise ValueError(problem)
-        return location
+    _checkpoint = field_validator("checkpoint")(_supported_location)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -171,10 +172,4 @@ class SpaceFile(Strict):
     execution: ExecutionSection = ExecutionSection()
     report: ReportSection = ReportSection()
 
-    @field_validator("storage")
-    @classmethod
-    def _supported_storage(cls, location: str) -> str:
-        problem = location_problem(location)
-        if problem:
-            raise ValueError(problem)
-        return location
+    _storage = field_validator("storage")(_supported_location)
