@@ -14,6 +14,7 @@ pitfall 1) and the groups find the same checkpoints on their own, so both routes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray._private import ray_constants
 from ray.exceptions import AuthenticationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kdsweep.cluster import SHARED_STORAGE_HINT, WORKER_ENV, job_runtime_env, missing_token
 from kdsweep.engine import EpochReport, GroupSpec, run_group
 from kdsweep.errors import UserError
+from kdsweep.reaper import watch_driver
 from kdsweep.storage import Store
 
 # On a cluster, how long to wait for the autoscaler to add a node that can host one trial (a GPU worker type that
@@ -79,12 +82,37 @@ def connect(address: str | None, resources: Resources) -> str:
                             ) from None
         where = f"Ray cluster at {address}"
     else:
-        # Loopback only: the embedded Ray serves nobody but this process.
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, logging_level="WARNING",
-                 num_gpus=None if resources.gpu else 0)
+        watch_driver()
+        with loopback_only():
+            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, logging_level="WARNING",
+                     num_gpus=None if resources.gpu else 0)
         where = "embedded local Ray"
     check_resources(resources, wait_s=NODE_WAIT_S if address else 0.0)
     return where
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Inside it, a local Ray that `ray.init` starts binds every port of every process to 127.0.0.1.
+
+    Ray 2.60 turns a node address of 127.0.0.1 (`_node_ip_address`, `ray start --node-ip-address`) into the
+    machine's own address, and its servers then listen on that address or on all interfaces - except where Ray
+    treats the machine as one that cannot join a cluster, as on macOS and Windows (docs/ray-notes.md, pitfall 10).
+    The environment variable reaches the processes `ray.init` starts (and theirs); Ray has already read it in this
+    one, so its constant is set too. Both are restored after, so that a `ray start` this process runs later (a test
+    cluster) can still add nodes.
+    """
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    saved = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def _env_not_set_by_job(env: dict[str, str]) -> dict[str, str]:
@@ -208,6 +236,7 @@ def shutdown() -> None:
     _STARTED_HERE.clear()
 
 
+USER_ERROR = "kdsweep_user_error"  # a trial's last report when it stopped on a UserError: the message
 POINTER_FILE = "kdsweep-group.json"  # inside a trial's Tune checkpoint: where each student's weights are
 
 
@@ -254,8 +283,12 @@ def _group_trainable(config: dict, specs: dict) -> None:
         else:
             tune.report(metrics)
 
-    records = run_group(spec, on_epoch=report,
-                        expected_epochs={run_id: p["epochs_done"] for run_id, p in pointer.items()})
+    try:
+        records = run_group(spec, on_epoch=report,
+                            expected_epochs={run_id: p["epochs_done"] for run_id, p in pointer.items()})
+    except UserError as err:  # the user's to fix (disk full, a damaged file): no retry would help
+        tune.report({USER_ERROR: f"group {spec.group_id} stopped the sweep: {err}", "node_id": node_id})
+        return
     if not reported:
         # Every trial reports at least once, also when all its students had finished before (a resumed sweep).
         tune.report({"epoch": max(r["epochs_done"] for r in records), "students": 0, "remaining": 0,
@@ -263,12 +296,29 @@ def _group_trainable(config: dict, specs: dict) -> None:
                      "node_id": node_id})
 
 
+class _StopOnUserError(tune.Stopper):
+    """Ends the whole fit once a trial reports a `UserError`: every other trial would meet it too (the same disk,
+    the same files), and Tune's retries would bury the message under tracebacks."""
+
+    def __init__(self):
+        self.message: str | None = None
+
+    def __call__(self, trial_id, result) -> bool:
+        if result.get(USER_ERROR) and self.message is None:
+            self.message = result[USER_ERROR]
+        return USER_ERROR in result
+
+    def stop_all(self) -> bool:
+        return self.message is not None
+
+
 class _EpochCallback(tune.Callback):
     def __init__(self, on_result: Callable[[dict], None]):
         self.on_result = on_result
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.on_result(result)
+        if USER_ERROR not in result:
+            self.on_result(result)
 
 
 def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: str, name: str,
@@ -279,13 +329,14 @@ def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: s
         tune.with_parameters(_group_trainable, specs=specs),
         {"cpu": resources.cpu, "gpu": resources.gpu},
     )
+    stopper = _StopOnUserError()
     tuner = tune.Tuner(
         trainable,
         param_space={"group_id": tune.grid_search(list(specs))},
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False,
                                     trial_dirname_creator=lambda trial: trial.config["group_id"]),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, verbose=1,
+            name=name, storage_path=storage_path, verbose=1, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # Tune keeps the newest pointers only; the weights they name are pruned by kdsweep (KEEP = 2).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -293,6 +344,8 @@ def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: s
         ),
     )
     results = tuner.fit()
+    if stopper.message is not None:
+        raise UserError(stopper.message)
     failed = []
     for result in results:
         if result.error is not None:

@@ -24,9 +24,12 @@ def ray_session():
     """One local Ray for the in-process sweep tests (docs/ray-notes.md pitfall 7), shut down cleanly at the end."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_NUM_THREADS": "1"}},
-             logging_level="WARNING")
+    from kdsweep.tune import loopback_only
+
+    with loopback_only():  # as kdsweep's embedded Ray: no port beyond 127.0.0.1
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+                 runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "OMP_NUM_THREADS": "1"}},
+                 logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -52,6 +53,40 @@ def kill_session(sid: int, timeout: float = 10.0) -> None:
         if time.time() > deadline:
             raise RuntimeError(f"processes {pids} of session {sid} survived SIGKILL")
         time.sleep(0.2)
+
+
+def listening_sockets(pids: list[int]) -> dict[int, list[str]]:
+    """The TCP sockets in LISTEN state and the bound UDP sockets that processes `pids` hold, as "ADDRESS:PORT" per
+    pid; read from /proc (the kernel's own tables), so it needs neither `ss` nor psutil."""
+    bound: dict[str, str] = {}  # socket inode -> address
+    for table, wanted in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):  # 0A LISTEN, 07 bound
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == wanted:
+                    bound[fields[9]] = _socket_address(fields[1])
+    held: dict[int, list[str]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in bound:
+                        held.setdefault(pid, []).append(bound[link[8:-1]])
+    return held
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0].strip("[]"))
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def _socket_address(field: str) -> str:
+    """/proc/net/tcp's "0100007F:1F90" -> "127.0.0.1:8080" (the address is in host byte order, 4 bytes at a time)."""
+    hex_ip, hex_port = field.split(":")
+    raw = bytes.fromhex(hex_ip)
+    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return f"{ip}:{int(hex_port, 16)}" if ip.version == 4 else f"[{ip}]:{int(hex_port, 16)}"
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05):

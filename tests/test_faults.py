@@ -1,10 +1,12 @@
 """Storage that fills up or refuses writes: a clear error naming the path, and what was written stays readable."""
 
 import json
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
 
+import pandas as pd
 import pytest
 
 from kdsweep.cli import main
@@ -166,3 +168,26 @@ def test_killed_during_checkpoint_and_progress_writes_a_run_ends_like_an_uninter
     assert record["status"] == "completed" and record["resumed_from"] == [1, 3, 4]
     assert_same_run(tmp_path / "straight", out, run_name)
     assert not list(out.rglob("*.tmp")), "the writes the kills cut short left no debris behind"
+
+
+@pytest.mark.slow
+def test_disk_full_inside_a_sweep_stops_it_at_once_and_a_rerun_finishes_it(tmp_path, capsys, ray_session):
+    """A UserError inside a trial (here: no space for a checkpoint) ends the whole sweep with its message and exit 2,
+    without Tune's retries; once there is room, the same command finishes the sweep."""
+    teacher = save_teacher(tmp_path / "teacher.pth")
+    # 2 groups of 4 resnet8 students, ~0.65 MB per checkpoint: the first epoch's 8 checkpoints need ~5 MB.
+    with tmpfs(tmp_path / "full", "size=3000k") as storage:
+        path = tmp_path / "space.yaml"
+        path.write_text(tiny_space(storage, teacher=teacher, epochs=3, max_failures=2))
+        rc, out, err = cli(capsys, "run", str(path), "--no-report")
+        assert rc == 2, err[-2000:]
+        (message,) = [line for line in err.splitlines() if line.startswith("kdsweep: error: ")]
+        assert re.fullmatch(r"kdsweep: error: group g-s[01]-\S+ stopped the sweep: cannot write "
+                            + re.escape(str(storage)) + r"/tiny/runs/\S+/checkpoints/epoch-000\d\.pt: No space "
+                            r"left on device\. .*running the same command again resumes from it\.", message), message
+        assert "Traceback" not in out + err and "errored" not in out + err, "Tune retried or showed a trial error"
+        subprocess.run(["mount", "-o", "remount,size=20m", str(storage)], check=True)
+        rc, out, err = cli(capsys, "run", str(path), "--no-report")
+        assert rc == 0, err[-2000:]
+        trials = pd.read_parquet(storage / "tiny" / "trials.parquet")
+        assert len(trials) == 8 and set(trials.status) == {"completed"}, trials

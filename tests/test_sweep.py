@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,7 +27,8 @@ from kdsweep.sweep.lock import LOCK_NAME, ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records, resume_epoch
 from kdsweep.sweep.results import trials_frame
 from helpers import history_key, save_teacher, tiny_space, write_space
-from processes import kill_session, session_pids, start, stop_inside_a_write, wait_for
+from processes import (is_loopback, kill_session, listening_sockets, session_pids, start, stop_inside_a_write,
+                       wait_for)
 
 KILL_ATTEMPTS = 5  # runs of the driver in which a kill must land inside a given write (each try is a few seconds)
 
@@ -165,10 +167,37 @@ def stored_histories(root, run_ids):
     return {k: history_key(r.history) for k, r in records.items()}
 
 
+def command_name(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")[-40:]
+
+
+def assert_loopback_only(driver: int) -> None:
+    """Every port that a process of `driver`'s session (the driver, its embedded Ray, the trials) listens on is on
+    127.0.0.1 (or ::1)."""
+    held = listening_sockets(session_pids(driver))
+    exposed = {f"{command_name(pid)} ({pid})": [a for a in addresses if not is_loopback(a)] for pid, addresses in held.items()}
+    assert not any(exposed.values()), f"listening beyond loopback: {exposed}"
+    # The driver, the GCS, the raylet, its two agents and the trials' workers each serve gRPC.
+    assert driver in held and len(held) >= 5, held
+
+
+def assert_gone_soon(driver: int, seconds: float) -> None:
+    """`driver` was just SIGKILLed: within `seconds`, no process of its session is left (no port stays open)."""
+    try:
+        wait_for(lambda: not session_pids(driver), seconds, "the embedded Ray to end with its driver", interval=0.2)
+    except TimeoutError:
+        left = {pid: command_name(pid) for pid in session_pids(driver)}
+        raise AssertionError(f"{seconds:g} s after the driver's SIGKILL these still live: {left}, listening on "
+                             f"{listening_sockets(list(left))}") from None
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(tmp_path):
     """The driver SIGKILLed during teacher training, then mid-sweep; then a trial's worker SIGKILLed inside a sweep,
     just after its trial reported a Tune checkpoint: Tune retries the trial from that checkpoint.
+
+    Mid-sweep, before the kill, every listening socket of the driver's embedded Ray is on loopback; within 10 s of
+    the kill no process of it is left.
 
     Groups: seed 0 has four students, seed 1 two (the KL cells of seed 1 are excluded), so seed 1 finishes first
     while seed 0 is still mid-way: the second kill finds finished and checkpointed-but-unfinished students.
@@ -184,11 +213,15 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
     def records():
         return read_records(store, ids)
 
-    def sweep_until(condition, what, log):
+    def sweep_until(condition, what, log, ports=False):
         driver = start(["run", str(path), "--no-report"], tmp_path / log)
         try:
             wait_for(condition, 240, what)
+            if ports:
+                assert_loopback_only(driver.pid)
             os.kill(driver.pid, signal.SIGKILL)
+            if ports:
+                assert_gone_soon(driver.pid, seconds=10)
         finally:
             kill_session(driver.pid)
             driver.wait()
@@ -206,7 +239,7 @@ def test_a_sweep_killed_again_and_again_ends_exactly_like_an_uninterrupted_one(t
         return (any(r and r.status == "completed" for r in students)
                 and any(r and r.status == "running" and r.checkpoint for r in students))
 
-    sweep_until(finished_and_partial, "a finished student and a checkpointed unfinished one", "run2.log")
+    sweep_until(finished_and_partial, "a finished student and a checkpointed unfinished one", "run2.log", ports=True)
     assert records()[teacher_id].resumed_from == [teacher_epoch], "the teacher resumed from its checkpoint"
     recs = records()
     finished = {k for k, r in recs.items() if r and r.status == "completed" and k != teacher_id}

@@ -1,0 +1,53 @@
+"""kdsweep/reaper.py: a SIGKILLed driver's descendants end with it, and nothing else does."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from processes import wait_for
+
+DRIVER = """
+import subprocess, sys, time
+from kdsweep.reaper import watch_driver
+watch_driver()
+# A child and a grandchild that its parent leaves behind (as Ray's agents are left when their raylet dies), both in
+# sessions of their own, so only the reaper can end them.
+child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+orphaner = subprocess.Popen([sys.executable, "-c",
+    "import subprocess; print(subprocess.Popen(['sleep', '301'], start_new_session=True).pid, flush=True)"],
+    stdout=subprocess.PIPE, text=True)
+grandchild = int(orphaner.stdout.readline())
+orphaner.wait()
+time.sleep(1.5)  # the reaper notes descendants every 0.5 s
+print(child.pid, grandchild, flush=True)
+time.sleep(300)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_the_descendants_of_a_killed_driver_are_ended_and_no_other_process():
+    bystander = subprocess.Popen(["sleep", "302"])  # started by this test, not by the driver
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    child = grandchild = 0
+    try:
+        child, grandchild = map(int, driver.stdout.readline().split())
+        assert alive(child) and alive(grandchild)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        wait_for(lambda: not alive(child) and not alive(grandchild), 10, "the reaper to end the driver's descendants")
+        assert alive(bystander.pid), "the reaper ended a process that never descended from the driver"
+    finally:
+        driver.kill()
+        for pid in (child, grandchild):
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        bystander.kill()
+        bystander.wait()
