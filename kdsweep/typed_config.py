@@ -20,12 +20,17 @@ two-element list. Nothing here imports torch, Ray or pydantic: `kdsweep train` a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from functools import cache
 
 from kdsweep.errors import closest
+
+# The largest float32: float knobs and learning rates beyond it overflow inside the engine (lr 1e300 crashed the
+# optimizer step), so validation refuses them.
+FLOAT32_MAX = 3.4028234663852886e38
 
 Problem = tuple[str, str]  # (key path, what is wrong and what was expected)
 
@@ -143,7 +148,18 @@ def _has_type(value, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def float32_problem(value: float) -> str | None:
+    """Why `value` cannot be a float the engine computes with (in float32), or None."""
+    if abs(value) > FLOAT32_MAX:
+        return f"expected a value within float32's range (at most {FLOAT32_MAX:.1e} in size), got {value!r}"
+    return None
+
+
 def _bound_problems(k: Knob, value, path: str) -> list[Problem]:
+    if _is_number(value) and not math.isfinite(value):  # .inf passes every bound; an lr of .inf diverges at once
+        return [(path, f"expected a finite number, got {value!r}")]
+    if float in (k.kind, k.element) and (problem := float32_problem(value)):
+        return [(path, problem)]
     ok = {"ge": value >= k.bounds.get("ge", value), "gt": "gt" not in k.bounds or value > k.bounds["gt"],
           "le": value <= k.bounds.get("le", value), "lt": "lt" not in k.bounds or value < k.bounds["lt"]}
     broken = [f"{_SYMBOL[b]} {k.bounds[b]:g}" for b in k.bounds if not ok[b]]

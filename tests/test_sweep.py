@@ -26,7 +26,7 @@ from kdsweep.sweep.driver import run_sweep
 from kdsweep.sweep.lock import LOCK_NAME, ExperimentLock, is_held
 from kdsweep.sweep.plan import read_records, resume_epoch
 from kdsweep.sweep.results import trials_frame
-from helpers import history_key, save_teacher, tiny_space, write_space
+from helpers import cli, history_key, save_teacher, tiny_space, write_space
 from processes import (is_loopback, kill_session, listening_sockets, session_pids, start, stop_inside_a_write,
                        wait_for)
 
@@ -124,6 +124,22 @@ def test_a_resource_request_no_node_can_satisfy_fails_at_once(ray_session, tmp_p
     with pytest.raises(UserError, match="no Ray node can run a trial that asks for resources.cpu=64 and "
                                         "resources.gpu=0: the largest node offers 2 CPUs and 0 GPUs"):
         run_sweep(load_space(path))
+
+
+@pytest.mark.slow
+def test_a_diverged_teacher_stops_the_sweep_and_says_so_every_time(ray_session, tmp_path, capsys):
+    """At an lr near float32's largest, the teacher's loss is nan in its second epoch: exit 2 naming the epoch and
+    the lr, `status` says so, and running again refuses at once instead of "resuming" it forever."""
+    path = write_space(tmp_path, tiny_space(tmp_path / "results").replace(
+        "train: {epochs: 1, lr: 0.05,", "train: {epochs: 3, lr: 1.0e+38,"))
+    expected = ("kdsweep: error: the teacher resnet8 diverged: its training loss was not finite in epoch 2 of 3 "
+                "(teacher.train.lr = 1e+38), so no student can be distilled from it. Lower teacher.train.lr")
+    rc, out, err = cli(capsys, "run", str(path), "--no-report")
+    assert rc == 2 and expected in err and "Traceback" not in err, err[-2000:]
+    rc, out, _ = cli(capsys, "status", str(tmp_path / "results" / "tiny"))
+    assert rc == 0 and expected.replace("kdsweep: error: ", "  teacher: ") in out and "to continue" not in out, out
+    rc, out, err = cli(capsys, "run", str(path), "--no-report")
+    assert rc == 2 and expected in err and "training the teacher" not in out, "the diverged teacher trained again"
 
 
 def reference_histories(space, tmp_path):

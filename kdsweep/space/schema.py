@@ -8,19 +8,29 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from kdsweep.engine.recipe import MAX_SEED
 from kdsweep.errors import unknown_name
 
 from kdsweep.models import list_models
 from kdsweep.storage import location_problem
+from kdsweep.typed_config import float32_problem
 
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+def _within_float32(value: float) -> float:
+    if problem := float32_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+PositiveFloat = Annotated[float, Field(gt=0), AfterValidator(_within_float32)]
+NonNegativeFloat = Annotated[float, Field(ge=0), AfterValidator(_within_float32)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)]
-Scalar = int | float | str | bool
+# Knob values: typed_config checks them against the knob (a non-finite float included), with a clearer message.
+Scalar = int | Annotated[float, Field(allow_inf_nan=True)] | str | bool
 # YAML 1.1 reads a bare on/off as a boolean; accept it for on/off switches.
 OnOffAuto = Annotated[
     Literal["auto", "on", "off"],
@@ -29,7 +39,7 @@ OnOffAuto = Annotated[
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no inf/nan number anywhere
 
 
 # A method section: `kind` (a registered method, default simkd) and any of that method's knobs. Its keys and values
@@ -95,7 +105,7 @@ class Axes(BaseModel):
     """The grid: lr and seed are required; any knob of the variants' methods may be an axis too, e.g. SimKD's
     `loss` (validated in checks.py against each variant's method)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     loss: Annotated[list[Scalar], Field(min_length=1)] | None = None
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]

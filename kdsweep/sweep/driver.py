@@ -15,7 +15,7 @@ from kdsweep.storage import Store
 from kdsweep.sweep import results, scope
 from kdsweep.sweep.experiment import attach, legacy_ids, record_identity
 from kdsweep.sweep.lock import ExperimentLock
-from kdsweep.sweep.plan import pending_runs, plan_groups, read_records
+from kdsweep.sweep.plan import diverged_teacher, pending_runs, plan_groups, read_records
 from kdsweep.sweep.preflight import preflight
 from kdsweep.sweep.report_command import build_report_in
 from kdsweep.sweep.progress import ProgressPrinter
@@ -84,6 +84,7 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
         stamp = time.strftime("%Y%m%d-%H%M%S")
         failed: list[tuple[str, str]] = []
         teacher_run = space.teacher.training_run
+        _refuse_a_diverged_teacher(store, teacher_run)  # the same recipe would diverge the same way again
         if teacher_run is not None and not _finished(store, teacher_run.run_id):
             print(f"kdsweep: training the teacher {teacher_run.student_arch} ({teacher_run.recipe.epochs} epochs)")
             teacher_group = plan_groups(space, [teacher_run], store, 1, teacher=False)
@@ -95,6 +96,7 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
                     f"training the teacher failed ({failed[0][1]}); its checkpoints are kept under "
                     f"{store.location(f'runs/{teacher_run.run_id}')}. Run again to retry from them."
                 )
+            _refuse_a_diverged_teacher(store, teacher_run)
             if not _finished(store, teacher_run.run_id):  # Ctrl-C: Tune stopped the trial and returned
                 return _stop(space, store, failed, interrupted=True)
         done = len(space.runs) - len(todo)
@@ -150,6 +152,11 @@ def mark_failed_runs(space: Space, store: Store, groups, failed: list[tuple[str,
             rec.status, rec.error = "failed", error
             store.write_json(f"runs/{run.run_id}/progress.json", rec.to_dict())
         print(f"kdsweep: group {group_id} failed: {error}", file=sys.stderr)
+
+
+def _refuse_a_diverged_teacher(store: Store, teacher_run) -> None:
+    if (why := diverged_teacher(store, teacher_run)) is not None:
+        raise UserError(why)
 
 
 def _finished(store: Store, run_id: str) -> bool:

@@ -69,3 +69,15 @@ def plan_groups(space: Space, runs: list[RunSpec], store: Store, max_students: i
                 fuse_students=execution.fuse_students, plugins=space.plugins,
             ))
     return groups
+
+
+def diverged_teacher(store: Store, teacher_run) -> str | None:
+    """Why the experiment's own teacher cannot be used - its training loss stopped being finite - or None."""
+    rec = read_records(store, [teacher_run.run_id])[teacher_run.run_id] if teacher_run is not None else None
+    if rec is None or rec.status != "diverged":
+        return None
+    return (f"the teacher {teacher_run.student_arch} diverged: its training loss was not finite in epoch "
+            f"{rec.diverged_epoch} of {teacher_run.recipe.epochs} (teacher.train.lr = {teacher_run.lr:g}), so no "
+            f"student can be distilled from it. Lower teacher.train.lr (or check the rest of teacher.train and the "
+            f"data) and run again: a changed recipe trains a new teacher; this one stays in "
+            f"runs/{teacher_run.run_id}.")

@@ -7,7 +7,7 @@ import time
 from kdsweep.sweep import results, scope
 from kdsweep.sweep.experiment import open_experiment, other_configurations
 from kdsweep.sweep.lock import ExperimentLock, is_held
-from kdsweep.sweep.plan import read_records
+from kdsweep.sweep.plan import diverged_teacher, read_records
 from kdsweep.sweep.progress import epochs_since, eta_seconds, summarise
 
 
@@ -33,6 +33,8 @@ def status_text(target: str) -> str:
             eta = eta_seconds(summary, elapsed, epochs_since(records, started))
     lines = [f"{space.file.experiment} ({store.root}){' - a sweep is running' if live else ''}",
              f"  {summary.line(elapsed, eta)}"]
+    if (why := diverged_teacher(store, space.teacher.training_run)) is not None:
+        lines.append(f"  teacher: {why}")
     trials = results.trials_frame(space, records, live)
     for status in ("running", "failed", "diverged"):
         rows = trials[trials.status == status]
@@ -49,6 +51,6 @@ def status_text(target: str) -> str:
         lines.append(f"  {len(other)} run folder{'s' if len(other) != 1 else ''} of another configuration (an earlier "
                      f"recipe, dataset or teacher), kept on disk and not reported: {', '.join(other[:3])}"
                      + (", ..." if len(other) > 3 else ""))
-    if summary.counts.get("pending") and not live:
+    if summary.counts.get("pending") and not live and why is None:
         lines.append(f"  run `kdsweep run {store.root}` (or your space file) to continue")
     return "\n".join(lines)
