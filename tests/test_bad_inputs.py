@@ -115,10 +115,15 @@ def test_bad_teacher_checkpoints_are_refused_before_ray_starts(tmp_path):
     torch.save({"model": RunsCode(tmp_path / "checkpoint-pwned")}, evil)
     fifo = tmp_path / "fifo.pth"
     os.mkfifo(fifo)  # opened for reading, it would block the driver until someone writes
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(Path(good).read_bytes()[:-5000])
     expected = {
         str(tmp_path / "missing.pth"): "teacher checkpoint {} does not exist",
         wrong_arch: "teacher.checkpoint {} does not match teacher.arch 'resnet8' with 10 classes: ",
         str(junk): "teacher checkpoint {} is not a PyTorch checkpoint",
+        # torch's own sentence only, not its advice that follows (to load with weights_only=False)
+        str(truncated): "teacher checkpoint {} is not a PyTorch checkpoint (PytorchStreamReader failed reading zip "
+                        "archive: failed finding central directory). Expected a file written by torch.save",
         str(evil): "teacher checkpoint {} was refused: it is not a plain weights file",
         "/dev/zero": "teacher checkpoint {} is a device, not a regular file",  # read, it would never end
         str(fifo): "teacher checkpoint {} is a FIFO, not a regular file",

@@ -5,6 +5,7 @@ The sweeps run in-process on the suite's local Ray (`ray_session`), through `kds
 checks what a user sees: the messages, the exit codes and the files.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -278,3 +279,35 @@ def test_damaged_run_records_are_rebuilt_from_their_checkpoints(ray_session, tmp
     after = pd.read_parquet(root / "trials.parquet")
     columns = ["student_id", "status", "epochs_done", "best_acc", "best_epoch", "last_acc"]
     pd.testing.assert_frame_equal(after[columns], trials[columns])  # retrained deterministically, the others kept
+
+
+@pytest.mark.slow
+def test_a_damaged_teacher_final_is_written_again_and_nothing_else_trains(ray_session, tmp_path, capsys):
+    """The final.pt of the teacher trained in the experiment (which every group reads) is checksummed. Bit-flipped,
+    it is written again from the teacher's final checkpoint; with its checkpoints gone too, the teacher trains
+    again. Both times the weights equal the original ones (CPU training is deterministic) and no student trains."""
+    path = write_space(tmp_path, tiny_space(tmp_path / "results", seeds=(0,)))
+    assert cli(capsys, "run", str(path), "--no-report")[0] == 0
+    root = tmp_path / "results" / "tiny"
+    (teacher,) = [p for p in (root / "runs").iterdir() if p.name.startswith("teacher-")]
+    final = teacher / "final.pt"
+    assert (teacher / "final.pt.sha256").read_text() == f"{hashlib.sha256(final.read_bytes()).hexdigest()}  final.pt\n"
+    weights = torch.load(final, weights_only=True)["model"]
+    students = {k: v for k, v in run_records(root).items() if not k.startswith("teacher-")}
+
+    for damage in ("flip", "flip and no checkpoints"):
+        data = bytearray(final.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # inside a tensor: torch.load would read it without complaint
+        final.write_bytes(bytes(data))
+        if damage == "flip and no checkpoints":
+            shutil.rmtree(teacher / "checkpoints")
+        rc, out, err = cli(capsys, "run", str(path), "--no-report")
+        assert rc == 0, err[-2000:]
+        assert (f"kdsweep: the teacher's {final} is corrupted or truncated (checksum mismatch): writing it again from "
+                f"its checkpoints") in out, out
+        assert "4 runs, 4 already finished, 0 to train" in out, out
+        rebuilt = torch.load(final, weights_only=True)["model"]
+        assert rebuilt.keys() == weights.keys() and all(torch.equal(rebuilt[k], weights[k]) for k in weights), damage
+        assert (teacher / "final.pt.sha256").read_text().split()[0] == hashlib.sha256(final.read_bytes()).hexdigest()
+        assert {k: v for k, v in run_records(root).items() if k in students} == students, "a student trained again"
+    assert json.loads((teacher / "progress.json").read_text())["resumed_from"] == [], "trained again from the start"

@@ -25,7 +25,7 @@ from kdsweep.engine.fastpath import FastPath, resolve_fast_path
 from kdsweep.engine.fused import student_steppers
 from kdsweep.engine.specs import GroupSpec
 from kdsweep.engine.records import measured
-from kdsweep.engine.student import StudentTrainer
+from kdsweep.engine.student import FINAL, StudentTrainer, final_problem
 from kdsweep.engine.teacher import load_teacher
 from kdsweep.engine.teacher_source import TeacherSource, open_teacher_source
 from kdsweep.methods import StepContext, TeacherNeeds, load_plugins
@@ -96,8 +96,15 @@ def set_up_group(spec: GroupSpec, expected_epochs: dict[str, int]) -> Group:
         if t.record.epochs_done < expected:
             warnings.warn(f"{t.run.run_id} was checkpointed at epoch {expected}, but its newest good checkpoint in "
                           f"{store.location(t.folder)} is epoch {t.record.epochs_done}: continuing from there")
-        if spec.save_final and t.record.status == "completed" and not store.exists(f"{t.folder}/final.pt"):
-            t.save_final()  # stopped between its final checkpoint and final.pt
+        if spec.save_final and t.record.status == "completed" and (problem := final_problem(store, t.folder)):
+            # Stopped between its final checkpoint and final.pt, or final.pt damaged since: written again from the
+            # final checkpoint (the same weights, in a file with a new checksum); without a good final checkpoint
+            # the run continues from its newest good one, or trains again.
+            warnings.warn(f"{store.location(f'{t.folder}/{FINAL}')} {problem}: writing it again from the run's "
+                          f"checkpoints")
+            t.resume(trust_a_finished_record=False)
+            if t.finished:
+                t.save_final()
     group = Group(spec, device, fast, data, trainers, [t for t in trainers if not t.finished])
     if not group.active:
         return group

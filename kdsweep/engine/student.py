@@ -14,7 +14,8 @@ import time
 import torch
 from torch import nn
 
-from kdsweep.engine.checkpoint import CheckpointDir, to_bytes
+from kdsweep.engine.checkpoint import (CheckpointDir, from_bytes, to_bytes, verified_bytes, write_checksum,
+                                      write_checksummed)
 from kdsweep.engine.evaluate import accuracy
 from kdsweep.engine.fastpath import FastPath, compiled
 from kdsweep.engine.record_file import RECORD, record_problem
@@ -23,6 +24,9 @@ from kdsweep.engine.specs import RunSpec
 from kdsweep.methods import Method, StepContext, TeacherTargets, build_method
 from kdsweep.models import FeatureModel, Intermediates, create_model
 from kdsweep.storage import Store
+
+FINAL = "final.pt"  # a finished run's weights for inference, beside its progress.json (a trained teacher's: read by
+# every group that distills from it)
 
 CHECKPOINT_FORMAT = "kdsweep-run-v1"
 
@@ -85,6 +89,24 @@ class EpochTotals:
         return dict(zip(names, values)), self.samples
 
 
+def final_problem(store: Store, folder: str) -> str | None:
+    """What is wrong with the final.pt of the finished run in `folder`, or None when its checksum file verifies it.
+    One that an earlier kdsweep wrote without a checksum file is adopted if it loads: it was written atomically."""
+    rel = f"{folder}/{FINAL}"
+    if not store.exists(rel):
+        return "is missing"
+    problem, _ = verified_bytes(store, rel)
+    if problem is None or store.exists(f"{rel}.sha256"):
+        return problem
+    data = store.read_bytes(rel)
+    try:
+        from_bytes(data)
+    except Exception:
+        return "does not load and has no checksum file"
+    write_checksum(store, rel, data)
+    return None
+
+
 class StudentTrainer:
     def __init__(self, run: RunSpec, group_id: str, teacher: FeatureModel | None, num_classes: int,
                  device: torch.device, store: Store, fast: FastPath = FastPath(), image_size: int = 32):
@@ -114,11 +136,13 @@ class StudentTrainer:
         return self.record.finished
 
     # Resume --------------------------------------------------------------------------------------------------
-    def resume(self) -> None:
-        """Continue from the newest good checkpoint, if any. A finished run's record is loaded as is."""
+    def resume(self, trust_a_finished_record: bool = True) -> None:
+        """Continue from the newest good checkpoint, if any. A finished run's record is loaded as is, unless
+        `trust_a_finished_record` is False (its final.pt is to be written again from the checkpoints)."""
         for folder in (self.folder, self.checkpoints.folder):  # what a kill mid-write left behind
             self.store.delete_unfinished_writes(folder)
-        if self.store.exists(f"{self.folder}/{RECORD}"):
+        self.record = RunRecord(run_id=self.run.run_id, group_id=self.group_id, epochs=self.run.recipe.epochs)
+        if trust_a_finished_record and self.store.exists(f"{self.folder}/{RECORD}"):
             # A damaged record is ignored here: the checkpoint below carries the record as of its epoch.
             _, stored = record_problem(self.store.read_bytes(f"{self.folder}/{RECORD}"), self.run.run_id)
             if stored is not None and stored.finished:
@@ -232,7 +256,7 @@ class StudentTrainer:
             "best_acc": self.record.best_acc,
             "last_acc": self.record.last_acc,
         }
-        self.store.write_bytes(f"{self.folder}/final.pt", to_bytes(final))
+        write_checksummed(self.store, f"{self.folder}/{FINAL}", to_bytes(final))
 
     def write_progress(self) -> None:
         self.store.write_json(f"{self.folder}/{RECORD}", self.record.to_dict())

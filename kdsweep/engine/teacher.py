@@ -129,7 +129,9 @@ def _refusal(err: Exception) -> str:
 
 
 def _first_line(err: Exception) -> str:
+    """The error's first sentence: torch follows it with advice (e.g. to load with weights_only=False, which would
+    let the file run code) that kdsweep must not pass on."""
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return text[0].split(". ", 1)[0].rstrip(".") if text else type(err).__name__
 
 

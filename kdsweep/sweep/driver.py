@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.engine import FINAL_STATUSES
+from kdsweep.engine.student import final_problem
 from kdsweep.errors import UserError
 from kdsweep.space import Space
 from kdsweep.storage import Store
@@ -85,8 +86,12 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
         failed: list[tuple[str, str]] = []
         teacher_run = space.teacher.training_run
         _refuse_a_diverged_teacher(store, teacher_run)  # the same recipe would diverge the same way again
-        if teacher_run is not None and not _finished(store, teacher_run.run_id):
-            print(f"kdsweep: training the teacher {teacher_run.student_arch} ({teacher_run.recipe.epochs} epochs)")
+        if teacher_run is not None and not _teacher_ready(store, teacher_run):
+            if _finished(store, teacher_run.run_id):
+                print(f"kdsweep: the teacher's {store.location(f'runs/{teacher_run.run_id}/final.pt')} "
+                      f"{final_problem(store, f'runs/{teacher_run.run_id}')}: writing it again from its checkpoints")
+            else:
+                print(f"kdsweep: training the teacher {teacher_run.student_arch} ({teacher_run.recipe.epochs} epochs)")
             teacher_group = plan_groups(space, [teacher_run], store, 1, teacher=False)
             failed += kd_tune.run_groups(teacher_group, resources=resources, storage_path=store.location("tune"),
                                          name=f"teacher-{stamp}", max_failures=f.execution.max_failures,
@@ -97,7 +102,7 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
                     f"{store.location(f'runs/{teacher_run.run_id}')}. Run again to retry from them."
                 )
             _refuse_a_diverged_teacher(store, teacher_run)
-            if not _finished(store, teacher_run.run_id):  # Ctrl-C: Tune stopped the trial and returned
+            if not _teacher_ready(store, teacher_run):  # Ctrl-C: Tune stopped the trial and returned
                 return _stop(space, store, failed, interrupted=True)
         done = len(space.runs) - len(todo)
         groups = plan_groups(space, todo, store, f.group.max_students)
@@ -157,6 +162,12 @@ def mark_failed_runs(space: Space, store: Store, groups, failed: list[tuple[str,
 def _refuse_a_diverged_teacher(store: Store, teacher_run) -> None:
     if (why := diverged_teacher(store, teacher_run)) is not None:
         raise UserError(why)
+
+
+def _teacher_ready(store: Store, teacher_run) -> bool:
+    """The experiment's teacher is trained and its final.pt verifies; when that file is damaged, its group (run
+    again) writes it anew from the teacher's final checkpoint, or trains the teacher again."""
+    return _finished(store, teacher_run.run_id) and final_problem(store, f"runs/{teacher_run.run_id}") is None
 
 
 def _finished(store: Store, run_id: str) -> bool:
