@@ -247,7 +247,18 @@ def _restored_pointer() -> dict[str, dict]:
         return {}
     with checkpoint.as_directory() as folder:
         path = Path(folder) / POINTER_FILE
-        return json.loads(path.read_text())["students"] if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            students = json.loads(path.read_bytes())["students"]
+            if all(isinstance(p, dict) and isinstance(p.get("epochs_done"), int) for p in students.values()):
+                return students
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    # Only a hint: the group finds its students' checkpoints on its own, so a damaged pointer is not an error.
+    print(f"kdsweep: the Tune checkpoint {path} is damaged; the group resumes from its students' own checkpoints",
+          flush=True)
+    return {}
 
 
 def _report_with_pointer(metrics: dict, pointer: dict, group_id: str) -> None:

@@ -43,25 +43,56 @@ def read_identity(store: Store) -> dict | None:
     except ValueError as err:
         warnings.warn(f"{store.location(IDENTITY)} is damaged ({err}); reading the experiment without it")
         return None
-    return identity if isinstance(identity, dict) else None
+    if not isinstance(identity, dict):
+        warnings.warn(f"{store.location(IDENTITY)} is damaged (it holds a JSON {type(identity).__name__}, not an "
+                      f"object); reading the experiment without it")
+        return None
+    return identity
 
 
-def stored_space_text(store: Store) -> str | None:
-    return store.read_bytes(SPACE).decode() if store.exists(SPACE) else None
+class StoredSpaceProblem(UserError):
+    """kdsweep's copy of the space an experiment last ran (its space.yaml) cannot be used: damaged, or refused."""
+
+    def __init__(self, store: Store, reason: str):
+        self.location, self.reason = store.location(SPACE), reason
+        super().__init__(
+            f"{self.location}, kdsweep's copy of the space this experiment last ran, cannot be used: {reason}. Give "
+            f"your space file instead of the experiment folder (`kdsweep status SPACE.yaml`, `kdsweep run "
+            f"SPACE.yaml`); `kdsweep run` writes the copy again."
+        )
+
+
+def load_stored_space(store: Store, overrides: list[str] = (), **load_args) -> Space | None:
+    """The experiment's copy of its space (`load_space` with `load_args`), or None when it has none. A copy that
+    cannot be read or validated raises StoredSpaceProblem; the `overrides` are applied after that check, so that
+    their own problems are reported as the user's."""
+    if not store.exists(SPACE):
+        return None
+    data = store.read_bytes(SPACE)
+    try:
+        text = data.decode("utf-8")
+        space = load_space(store.location(SPACE), text=text, **load_args)
+    except UnicodeDecodeError as err:
+        raise StoredSpaceProblem(store, f"it is not UTF-8 text (byte {data[err.start]:#04x} at offset "
+                                        f"{err.start})") from None
+    except UserError as err:
+        first = str(err).strip().splitlines()[0]
+        reason = "it " + first.removeprefix(f"search space {store.location(SPACE)} ")
+        raise StoredSpaceProblem(store, (reason if len(reason) <= 300 else reason[:300] + "...").rstrip(".:")) from None
+    return load_space(store.location(SPACE), overrides, text=text, **load_args) if overrides else space
 
 
 def open_experiment(location: str, overrides: list[str] = (), root: str | None = None) -> tuple[Space, Store]:
     """The space an existing experiment folder (path or URI) last ran, opened where the folder lies now (or, with
     `root`, as an experiment in that folder), with its runs on disk attached (`attach`)."""
     store = Store(location)
-    text = stored_space_text(store)
-    if text is None:
+    known = (read_identity(store) or {}).get("teacher") if store.exists(SPACE) else None
+    space = load_stored_space(store, overrides, root=root or store.root, known_teacher=known)
+    if space is None:
         raise UserError(
             f"{store.root} is not a kdsweep experiment (it has no {SPACE}). Give the experiment folder, "
             f"<storage>/<experiment>, that `kdsweep run SPACE.yaml` created."
         )
-    known = (read_identity(store) or {}).get("teacher")
-    space = load_space(store.location(SPACE), overrides, text=text, root=root or store.root, known_teacher=known)
     return attach(space, Store(space.root)), store
 
 
@@ -85,13 +116,15 @@ def legacy_ids(space: Space, store: Store) -> dict[str, str]:
     identity = read_identity(store)
     if identity is not None:
         return dict(identity.get("legacy_ids") or {})
-    text = stored_space_text(store)
-    if text is None:
-        return {}
     # The stored space as 0.1 ran it: its `storage` is the absolute folder it was in then, so the teacher location
     # (a trained teacher's final.pt lies in the experiment) is the one 0.1 hashed.
     # Where its teacher checkpoint is no longer at that location, the current space's teacher stands in for it.
-    then = load_space(store.location(SPACE), text=text, known_teacher=space.teacher_identity)
+    try:
+        then = load_stored_space(store, known_teacher=space.teacher_identity)
+    except StoredSpaceProblem:  # scope.compare, run just before, has said so
+        return {}
+    if then is None:
+        return {}
     old = expand_runs(then.file, then.data, legacy_teacher_identity(then.teacher.spec.arch, then.teacher.spec.checkpoint))
     on_disk = set(store.list("runs"))
     return {now.run_id: was.run_id for now, was in zip(then.runs, old) if was.run_id in on_disk}

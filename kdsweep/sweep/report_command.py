@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from kdsweep.storage import Store
 from kdsweep.sweep import results
-from kdsweep.sweep.experiment import open_experiment
+from kdsweep.sweep.experiment import StoredSpaceProblem, open_experiment
 from kdsweep.sweep.lock import is_held
 
 
@@ -15,8 +16,13 @@ def report_experiment(location: str, select: str | None = None, fmt: str | None 
                       only_current: bool = False) -> str:
     store = Store(location)
     if store.exists("space.yaml") and not is_held(store):  # a running sweep re-exports its tables itself
-        space, store = open_experiment(location)
-        results.export(space, store, live=False)
+        try:
+            space, store = open_experiment(location)
+        except StoredSpaceProblem as err:  # the tables as last exported are still worth reporting
+            warnings.warn(f"{err.location} cannot be used ({err.reason}); reporting the tables as the last sweep "
+                          f"exported them (`kdsweep run SPACE.yaml` writes the copy again)")
+        else:
+            results.export(space, store, live=False)
     report = build_report_in(store, select=select, fmt=fmt, only_current=only_current)
     return f"{report.headline_markdown}\nreport written to {store.location('results.md')}"
 

@@ -12,15 +12,16 @@ Compared with the space the experiment last ran (its space.yaml, with the teache
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from kdsweep.engine import RunSpec
 from kdsweep.errors import UserError
-from kdsweep.space import Space, load_space
+from kdsweep.space import Space
 from kdsweep.space.expand import expand_runs, experiment_context
 from kdsweep.ids import CONTENT
 from kdsweep.storage import Store
-from kdsweep.sweep.experiment import SPACE, read_identity, stored_space_text, with_ids
+from kdsweep.sweep.experiment import SPACE, StoredSpaceProblem, load_stored_space, read_identity, with_ids
 from kdsweep.sweep.plan import read_records
 
 _SHOWN = 4  # values listed per axis in a summary
@@ -45,12 +46,18 @@ class ScopeChange:
 def compare(space: Space, store: Store, legacy: dict[str, str]) -> ScopeChange:
     """How `space` differs from the space the experiment at `store` last ran (nothing, for a new experiment);
     `legacy` maps today's ids onto the experiment's kdsweep 0.1 folders (experiment.legacy_ids)."""
-    text = stored_space_text(store)
-    if text is None:
+    recorded = (read_identity(store) or {}).get("teacher") if store.exists(SPACE) else None
+    try:
+        previous = load_stored_space(store, root=store.root, known_teacher=recorded or space.teacher_identity)
+    except StoredSpaceProblem as err:
+        # Nothing to compare with: run as the experiment's first sweep. Runs on disk are still found by their ids
+        # (which encode recipe, dataset and teacher); those of another configuration are kept and listed apart.
+        warnings.warn(f"{err.location} cannot be used ({err.reason}); this space "
+                      f"is taken as the experiment's own: runs on disk with its runs' ids resume, and the copy is "
+                      f"written again")
         return ScopeChange()
-    recorded = (read_identity(store) or {}).get("teacher")
-    previous = load_space(store.location(SPACE), text=text, root=store.root,
-                          known_teacher=recorded or space.teacher_identity)
+    if previous is None:
+        return ScopeChange()
     teacher = recorded or previous.teacher_identity  # what its runs distilled from, whatever lies there now
     before = experiment_context(previous.file, previous.data, teacher)
     now = experiment_context(space.file, space.data, space.teacher_identity)

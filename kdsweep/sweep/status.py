@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 from kdsweep.sweep import results, scope
-from kdsweep.sweep.experiment import open_experiment, other_configurations
+from kdsweep.space import Space, load_space
+from kdsweep.storage import Store
+from kdsweep.sweep.experiment import StoredSpaceProblem, attach, open_experiment, other_configurations
 from kdsweep.sweep.lock import ExperimentLock, is_held
 from kdsweep.sweep.plan import diverged_teacher, read_records
 from kdsweep.sweep.progress import epochs_since, eta_seconds, summarise
 
 
-def experiment_location(target: str) -> str:
-    """An experiment folder, or the folder a space YAML file's experiment lives in."""
-    if target.endswith((".yaml", ".yml")):
-        from kdsweep.space import load_space
-
-        return load_space(target).root
-    return target
+def opened(target: str) -> tuple[Space, Store]:
+    """The experiment in a folder, or the one a space file's runs live in: as its own copy of the space has it, or,
+    where that copy cannot be used, as the space file has it (with a warning)."""
+    if not target.endswith((".yaml", ".yml")):
+        return open_experiment(target)
+    space = load_space(target)
+    try:
+        return open_experiment(space.root)
+    except StoredSpaceProblem as err:
+        warnings.warn(f"{err.location} cannot be used ({err.reason}); reading the experiment as {target} has it")
+        store = Store(space.root)
+        return attach(space, store), store
 
 
 def status_text(target: str) -> str:
-    space, store = open_experiment(experiment_location(target))
+    space, store = opened(target)
     live = is_held(store)
     records = read_records(store, [r.run_id for r in (*space.runs, *space.outside)])
     summary = summarise(space, records, live)
