@@ -5,6 +5,8 @@ first try to tell the (dead) GCS about it, with a 60 s timeout written into Ray,
 (docs/ray-notes.md, pitfall 10). `watch_driver` starts a small process that notes every descendant of the driver
 twice a second while the driver lives; once the driver is gone it SIGKILLs those of them still alive. It signals no
 process it did not see descend from the driver, and checks each one's start time so that a reused pid is left alone.
+A process orphaned within half a second of its start is not seen; Ray's agents are orphaned only when their
+raylet ends, with the driver.
 
 Linux only (it reads /proc); elsewhere `watch_driver` does nothing. Run as `python -m kdsweep.reaper DRIVER_PID`.
 """

@@ -28,6 +28,9 @@ from functools import cache
 
 from kdsweep.errors import closest
 
+# Seeds are unsigned 32-bit integers, the range numpy and most seeding APIs take (torch.manual_seed takes 64 bits,
+# but trials.parquet stores seeds as int64): larger ones would validate and then fail inside every trial.
+MAX_SEED = 2**32 - 1
 # The largest float32: float knobs and learning rates beyond it overflow inside the engine (lr 1e300 crashed the
 # optimizer step), so validation refuses them.
 FLOAT32_MAX = 3.4028234663852886e38

@@ -22,9 +22,11 @@ from kdsweep.data.base import Dataset, Sizes, Splits, Subsets
 from kdsweep.data.geometry import CIFAR100_GEOMETRY, Geometry
 from kdsweep.data.registry import register_dataset
 from kdsweep.data.stream import seeded_generator
-from kdsweep.typed_config import knob
+from kdsweep.typed_config import MAX_SEED, knob
 
 SIZE = 32  # px
+# At most a million images per split: 3 GB as uint8 at 32 px, already more than a trial should hold in memory.
+MAX_IMAGES = 1_000_000
 CLASS_WAVES = 3  # plane waves that carry a class's texture
 DISTRACTOR_WAVES = 2  # per-image waves unrelated to the class
 IMAGES_PER_CHUNK = 1024  # generation granularity (rounded up to whole label blocks); bounds float32 scratch memory
@@ -135,10 +137,10 @@ def make_synthetic(seed: int, num_classes: int, train_size: int, test_size: int)
 
 @dataclass(frozen=True)
 class SyntheticConfig(Subsets):
-    num_classes: int = knob(100, ge=2, doc="classes")
-    train_size: int = knob(50000, ge=1, doc="training images")
-    test_size: int = knob(10000, ge=1, doc="test images")
-    seed: int = knob(0, doc="the images are a pure function of (seed, sizes, classes)")
+    num_classes: int = knob(100, ge=2, le=MAX_IMAGES, doc="classes")
+    train_size: int = knob(50000, ge=1, le=MAX_IMAGES, doc="training images")
+    test_size: int = knob(10000, ge=1, le=MAX_IMAGES, doc="test images")
+    seed: int = knob(0, ge=0, le=MAX_SEED, doc="the images are a pure function of (seed, sizes, classes)")
 
 
 @register_dataset("synthetic")

@@ -10,16 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdsweep import typed_config
-from kdsweep.typed_config import knob
+from kdsweep.typed_config import MAX_SEED, knob  # noqa: F401 (MAX_SEED: imported from here too)
 
 REFERENCE_EPOCHS = 240
 REFERENCE_MILESTONES = (150, 180, 210)  # lr x gamma after these many epochs
+# Upper bounds that only catch typos (a missing decimal point, an extra zero group): 400x the reference's epochs,
+# and a batch far above any CIFAR recipe's whose activations would not fit a GPU anyway.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
 
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = knob(REFERENCE_EPOCHS, ge=1, doc="training epochs")
-    batch_size: int = knob(64, ge=2, doc="images per step (BatchNorm needs two)")
+    epochs: int = knob(REFERENCE_EPOCHS, ge=1, le=MAX_EPOCHS, doc="training epochs")
+    batch_size: int = knob(64, ge=2, le=MAX_BATCH, doc="images per step (BatchNorm needs two)")
     optimizer: str = knob("sgd", choices=("sgd",), doc="SGD with momentum, as the reference")
     momentum: float = knob(0.9, ge=0, lt=1)
     weight_decay: float = knob(5e-4, ge=0, doc="L2 penalty on every trainable parameter")
@@ -54,10 +58,6 @@ class Recipe:
     def from_record(cls, record: dict) -> Recipe:
         return typed_config.from_record(cls, record)
 
-
-# Seeds are unsigned 32-bit integers, the range numpy and most seeding APIs take (torch.manual_seed takes 64 bits,
-# but trials.parquet stores seeds as int64): larger ones would validate and then fail inside every trial.
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)

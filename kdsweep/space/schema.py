@@ -136,7 +136,7 @@ class BaselineSection(Strict):
 
 class GroupSection(Strict):
     by: Literal["seed"] = "seed"
-    max_students: PositiveInt = 8
+    max_students: Annotated[int, Field(gt=0, le=1024)] = 8  # students per group (one process), a typo guard
 
 
 class ResourcesSection(Strict):
@@ -154,7 +154,8 @@ class ExecutionSection(Strict):
     fuse_students: OnOffAuto = "off"  # vmap fusion of same-structure students: opt-in until measured on a GPU
     max_failures: Annotated[int, Field(ge=0)] = 2  # Ray re-runs a crashed trial from its checkpoints this often
     save_final: bool = True
-    threads: PositiveInt | None = None  # torch CPU threads per trial; default: the trial's cpu resources
+    # torch CPU threads per trial; default: the trial's cpu resources
+    threads: Annotated[int, Field(gt=0, le=1024)] | None = None
 
 
 class ReportSection(Strict):
