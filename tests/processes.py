@@ -147,7 +147,7 @@ def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: fl
         if libc.inotify_add_watch(fd, str(folder).encode(), 0x100) < 0:  # IN_CREATE
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
         deadline = time.time() + timeout
-        while time.time() < deadline and _alive(pid):
+        while time.time() < deadline and alive(pid):
             ready, _, _ = select.select([fd], [], [], 0.5)
             if not ready:
                 continue
@@ -172,7 +172,8 @@ def _stop_inside_a_write(libc, folder: Path, pattern: str, pid: int, timeout: fl
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

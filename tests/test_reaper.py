@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from processes import wait_for
+from processes import alive, wait_for
 
 DRIVER = """
 import subprocess, sys, time
@@ -27,14 +27,6 @@ print(subprocess.Popen(["sleep", "301"], start_new_session=True).pid, flush=True
 while os.getppid() == driver:
     time.sleep(0.05)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def test_the_descendants_of_a_killed_driver_are_ended_and_no_other_process():
