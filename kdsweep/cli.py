@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="where experiments live (path or s3:// gs:// URI); overrides `storage`")
     p.add_argument("--dry-run", action="store_true", help="print the cells, groups and a cost estimate; run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray Tune's own trial tables, checkpoint lines and warnings (hidden by default)")
     p.add_argument("--only-current", action="store_true",
                    help="the report leaves out runs outside the current space (kept from an earlier space)")
     change = p.add_mutually_exclusive_group()
@@ -167,10 +169,14 @@ def cmd_run(args) -> int:
     from kdsweep.sweep.driver import run_sweep
 
     outcome = run_sweep(space, address=args.address, report=not args.no_report, replace=args.replace,
-                        only_current=args.only_current)
+                        only_current=args.only_current, verbose=args.verbose)
     if outcome.interrupted:
         print("kdsweep: interrupted; finished work is kept - run the same command again to resume.", file=sys.stderr)
         return 130
+    counts = outcome.trials.status.value_counts().to_dict() if len(outcome.trials) else {}
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"kdsweep: {space.file.experiment}: {len(outcome.trials)} runs: {done or 'none'}; tables in "
+          f"{outcome.root}/trials.parquet")
     return 1 if outcome.failed else 0
 
 

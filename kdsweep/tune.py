@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -44,6 +45,7 @@ NODE_POLL_S = 5.0
 
 
 _STARTED_HERE: list[bool] = []  # non-empty while a session started by `connect` is up
+_VERBOSE: list[bool] = [False]  # `connect(verbose=...)`: Tune's own output, and Ray Train's per-checkpoint lines
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,19 @@ class Resources:
     gpu: float
 
 
-def connect(address: str | None, resources: Resources) -> str:
-    """Start an embedded local Ray (default) or join a cluster; returns a description for the manifest."""
+def connect(address: str | None, resources: Resources, verbose: bool = False) -> str:
+    """Start an embedded local Ray (default) or join a cluster; returns a description for the manifest. Unless
+    `verbose`, Ray and Tune print only what concerns the user: kdsweep shows the progress itself."""
+    _VERBOSE[:] = [verbose]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tune's boxed trial tables, its experiment banner and TensorBoard hint (verbose), or nothing (legacy output at
+    # verbosity 0); its warning that snapshots every 5 s "may become a bottleneck" is about kdsweep's own setting.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
+    if not verbose:
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # "Token authentication is enabled for this Ray cluster": on every start, about Ray's default.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # Ray starts its workers at nice 15, so on a machine where anything else runs (a shared workstation, another
     # job) the trials - all of kdsweep's training - get a sliver of the CPU (measured: 4% of a core beside two
     # busy loops on 2 cores). The embedded Ray's raylet reads this at start (docs/ray-notes.md, pitfall 9).
@@ -267,7 +277,9 @@ def _report_with_pointer(metrics: dict, pointer: dict, group_id: str) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))  # persisted before it returns
 
 
-def _group_trainable(config: dict, specs: dict) -> None:
+def _group_trainable(config: dict, specs: dict, verbose: bool = False) -> None:
+    if not verbose:  # "Checkpoint successfully created at: ..." after every report of every trial
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     spec = GroupSpec.from_dict(specs[config["group_id"]])
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node trains the group (hosts can repeat)
     _require_visible_storage(spec.storage, node_id)
@@ -337,7 +349,7 @@ def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: s
     """Run every group as a Tune trial; returns (group_id, error) for the trials that failed for good."""
     specs = {g.group_id: g.to_dict() for g in groups}
     trainable = tune.with_resources(
-        tune.with_parameters(_group_trainable, specs=specs),
+        tune.with_parameters(_group_trainable, specs=specs, verbose=_VERBOSE[0]),
         {"cpu": resources.cpu, "gpu": resources.gpu},
     )
     stopper = _StopOnUserError()
@@ -347,7 +359,7 @@ def run_groups(groups: list[GroupSpec], *, resources: Resources, storage_path: s
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False,
                                     trial_dirname_creator=lambda trial: trial.config["group_id"]),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, verbose=1, stop=stopper,
+            name=name, storage_path=storage_path, verbose=1 if _VERBOSE[0] else 0, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # Tune keeps the newest pointers only; the weights they name are pruned by kdsweep (KEEP = 2).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

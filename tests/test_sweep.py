@@ -108,9 +108,13 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     run_sweep(space, report=False)
     assert progress_bytes(root, space) == before
 
-    # Adding a seed runs only the new cells.
+    # Adding a seed runs only the new cells; without --verbose, kdsweep's lines are all the terminal shows.
     bigger = load_space(path, ["axes.seed=[0, 1, 2]"])
-    run_sweep(bigger, report=False)
+    capsys.readouterr()
+    assert main(["run", str(path), "--set", "axes.seed=[0, 1, 2]", "--no-report"]) == 0
+    shown = capsys.readouterr()
+    assert "Trial status" not in shown.out + shown.err and "╭" not in shown.out + shown.err, shown  # Tune's tables
+    assert f"kdsweep: tiny: 12 runs: 12 completed; tables in {root}/trials.parquet\n" in shown.out, shown.out
     after = progress_bytes(root, bigger)
     assert {k: after[k] for k in before} == before
     trials = pd.read_parquet(root / "trials.parquet")

@@ -33,9 +33,9 @@ class SweepOutcome:
 
 
 def run_sweep(space: Space, address: str | None = None, report: bool = True, *, replace: bool = False,
-              only_current: bool = False) -> SweepOutcome:
+              only_current: bool = False, verbose: bool = False) -> SweepOutcome:
     """`replace`: accept a space that changes what every run shares (scope.py); `only_current`: the final report
-    leaves out runs outside the space."""
+    leaves out runs outside the space; `verbose`: Ray Tune's own tables and messages too."""
     store = Store(space.root)
     refuse_storage_in_job_copy(store)
     preflight(space, address)
@@ -47,7 +47,7 @@ def run_sweep(space: Space, address: str | None = None, report: bool = True, *, 
         # export during a sweep): what an earlier driver killed mid-write left behind can go.
         for folder in ("", "plots"):
             store.delete_unfinished_writes(folder)
-        return _run_locked(space, store, address, report, only_current, legacy)
+        return _run_locked(space, store, address, report, only_current, legacy, verbose)
 
 
 def refuse_storage_in_job_copy(store: Store) -> None:
@@ -65,12 +65,12 @@ def refuse_storage_in_job_copy(store: Store) -> None:
 
 
 def _run_locked(space: Space, store: Store, address: str | None, report: bool, only_current: bool,
-                legacy: dict[str, str]) -> SweepOutcome:
+                legacy: dict[str, str], verbose: bool) -> SweepOutcome:
     from kdsweep import tune as kd_tune  # the only Ray import, deferred so that validation never starts Ray
 
     f = space.file
     resources = kd_tune.Resources(f.resources.cpu, f.resources.gpu)
-    where = kd_tune.connect(address, resources)
+    where = kd_tune.connect(address, resources, verbose=verbose)
     try:
         import ray
 
