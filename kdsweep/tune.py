@@ -58,6 +58,7 @@ def connect(address: str | None, resources: Resources, verbose: bool = False) ->
     """Start an embedded local Ray (default) or join a cluster; returns a description for the manifest. Unless
     `verbose`, Ray and Tune print only what concerns the user: kdsweep shows the progress itself."""
     _VERBOSE[:] = [verbose]
+    _drop_tunes_resume_hint()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     # Tune's boxed trial tables, its experiment banner and TensorBoard hint (verbose), or nothing (legacy output at
@@ -123,6 +124,19 @@ def loopback_only():
         else:
             os.environ[name] = saved[0]
         ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+def _drop_tunes_resume_hint() -> None:
+    """On Ctrl-C Tune logs "Resume experiment with: Tuner.restore(...)": wrong for kdsweep, which resumes with the
+    same command (a restored Tuner would replay a stale snapshot, docs/ray-notes.md pitfall 1) and says so itself."""
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoResumeHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NoResumeHint())
+
+
+class _NoResumeHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
 
 
 def _env_not_set_by_job(env: dict[str, str]) -> dict[str, str]:
