@@ -46,6 +46,7 @@ def test_sweep_writes_tidy_results_and_resumes_only_what_is_missing(ray_session,
     outcome = run_sweep(space)
     root = tmp_path / "results" / "tiny"
     assert outcome.failed == [] and outcome.root == str(root)
+    assert "kdsweep: training the teacher resnet8 (1 epoch)\n" in capsys.readouterr().out
 
     trials = pd.read_parquet(root / "trials.parquet")
     assert len(trials) == 8 and list(trials.status.unique()) == ["completed"]

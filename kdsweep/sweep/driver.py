@@ -91,7 +91,8 @@ def _run_locked(space: Space, store: Store, address: str | None, report: bool, o
                 print(f"kdsweep: the teacher's {store.location(f'runs/{teacher_run.run_id}/final.pt')} "
                       f"{final_problem(store, f'runs/{teacher_run.run_id}')}: writing it again from its checkpoints")
             else:
-                print(f"kdsweep: training the teacher {teacher_run.student_arch} ({teacher_run.recipe.epochs} epochs)")
+                n = teacher_run.recipe.epochs
+                print(f"kdsweep: training the teacher {teacher_run.student_arch} ({n} epoch{'s' if n != 1 else ''})")
             teacher_group = plan_groups(space, [teacher_run], store, 1, teacher=False)
             failed += kd_tune.run_groups(teacher_group, resources=resources, storage_path=store.location("tune"),
                                          name=f"teacher-{stamp}", max_failures=f.execution.max_failures,
