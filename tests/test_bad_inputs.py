@@ -72,25 +72,35 @@ EXPECTED = {
                              "/nonexistent/kdsweep-data/cifar-100-python/train, test and meta", "download: true"],
 }
 
-# Runs every case in one interpreter: exit code, stderr, and whether Ray was ever imported.
+# Runs every case in one interpreter: exit code, stderr, how far the process's peak memory grew in it (MiB; torch
+# and the space machinery are imported first), and whether Ray was ever imported.
 DRIVER = r"""
-import contextlib, io, json, sys
+import contextlib, io, json, resource, sys
 from kdsweep.cli import main
+import kdsweep.space, kdsweep.sweep.driver, kdsweep.sweep.preflight, kdsweep.engine.teacher, torch
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux gives KiB
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
+    before = peak_mib()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(argv)
-    out.append({"argv": argv, "code": code, "stderr": err.getvalue()})
+    out.append({"argv": argv, "code": code, "stderr": err.getvalue(), "grew_mib": peak_mib() - before})
 print(json.dumps({"cases": out, "ray_imported": "ray" in sys.modules}))
 """
+# A hostile file may make kdsweep read and refuse it, not hold it: before the YAML limits, an alias bomb grew to 4 GB.
+MAX_GROWTH_MIB = 100
 
 
 def run_cases(cases: list[list[str]], cwd: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True, text=True,
                           cwd=cwd, timeout=300, env=NO_GPU_NO_CLUSTER)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    grew = {" ".join(c["argv"][:2]): round(c["grew_mib"]) for c in result["cases"] if c["grew_mib"] > MAX_GROWTH_MIB}
+    assert not grew, f"refusing these grew the process by more than {MAX_GROWTH_MIB} MiB: {grew}"
+    return result
 
 
 def test_the_bad_input_corpus(tmp_path):
