@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -294,6 +295,7 @@ def _report_with_pointer(metrics: dict, pointer: dict, group_id: str) -> None:
 def _group_trainable(config: dict, specs: dict, verbose: bool = False) -> None:
     if not verbose:  # "Checkpoint successfully created at: ..." after every report of every trial
         logging.getLogger("ray.train").setLevel(logging.WARNING)
+    sys.unraisablehook = _unraisable_but_ray_sigterm
     spec = GroupSpec.from_dict(specs[config["group_id"]])
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node trains the group (hosts can repeat)
     _require_visible_storage(spec.storage, node_id)
@@ -331,6 +333,15 @@ def _group_trainable(config: dict, specs: dict, verbose: bool = False) -> None:
         tune.report({"epoch": max(r["epochs_done"] for r in records), "students": 0, "remaining": 0,
                      "mean_acc": float("nan"), "max_acc": float("nan"), "epoch_s": time.time() - started,
                      "node_id": node_id})
+
+
+def _unraisable_but_ray_sigterm(unraisable) -> None:
+    """When Tune stops a finished trial's worker, Ray's SIGTERM handler raises SystemExit in whatever runs, at times
+    a garbage-collector callback, and Python prints that as "Exception ignored ... Traceback ... SystemExit: 1" on
+    the user's terminal. Python ignores such an exception either way; only the print goes."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 class _StopOnUserError(tune.Stopper):

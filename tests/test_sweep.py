@@ -458,3 +458,20 @@ def test_a_driver_killed_while_exporting_the_tables_loses_nothing(tmp_path):
     trials = pd.read_parquet(root / "trials.parquet")
     pd.testing.assert_frame_equal(trials, trials_frame(space, records, live=False))
     assert set(trials.status) == {"completed"} and not list(root.glob(".*.tmp"))
+
+
+def test_rays_sigterm_exit_in_a_gc_callback_is_not_printed_but_other_unraisables_are(capsys):
+    """What a trial's worker prints when Tune stops it: not "Exception ignored ... SystemExit: 1" from Ray's SIGTERM
+    handler, but any other exception Python could not raise (tune._unraisable_but_ray_sigterm)."""
+    import types
+
+    from kdsweep.tune import _unraisable_but_ray_sigterm
+
+    def unraisable(err):
+        return types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=None, err_msg=None,
+                                     object=None)
+
+    _unraisable_but_ray_sigterm(unraisable(SystemExit(1)))
+    assert capsys.readouterr().err == ""
+    _unraisable_but_ray_sigterm(unraisable(ValueError("a real problem")))
+    assert "ValueError: a real problem" in capsys.readouterr().err
