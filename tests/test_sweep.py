@@ -463,15 +463,21 @@ def test_a_driver_killed_while_exporting_the_tables_loses_nothing(tmp_path):
 def test_rays_sigterm_exit_in_a_gc_callback_is_not_printed_but_other_unraisables_are(capsys):
     """What a trial's worker prints when Tune stops it: not "Exception ignored ... SystemExit: 1" from Ray's SIGTERM
     handler, but any other exception Python could not raise (tune._unraisable_but_ray_sigterm)."""
-    import types
-
     from kdsweep.tune import _unraisable_but_ray_sigterm
 
-    def unraisable(err):
-        return types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=None, err_msg=None,
-                                     object=None)
+    class RaisesWhenCollected:
+        def __init__(self, err):
+            self.err = err
 
-    _unraisable_but_ray_sigterm(unraisable(SystemExit(1)))
-    assert capsys.readouterr().err == ""
-    _unraisable_but_ray_sigterm(unraisable(ValueError("a real problem")))
-    assert "ValueError: a real problem" in capsys.readouterr().err
+        def __del__(self):
+            raise self.err
+
+    previous, sys.unraisablehook = sys.unraisablehook, _unraisable_but_ray_sigterm
+    try:
+        capsys.readouterr()
+        RaisesWhenCollected(SystemExit(1))  # collected at once: Python hands the exception to the hook
+        assert capsys.readouterr().err == ""
+        RaisesWhenCollected(ValueError("a real problem"))
+        assert "ValueError: a real problem" in capsys.readouterr().err
+    finally:
+        sys.unraisablehook = previous
